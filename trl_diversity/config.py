@@ -1,0 +1,105 @@
+"""`DiversityCFGConfig`: GRPO's configuration plus the fields of diversity-rewarded CFG distillation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .divergence import DIVERGENCES
+
+
+@dataclass
+class DiversityCFGConfig(GRPOConfig):
+    """Configuration of [`DiversityCFGTrainer`]; every `GRPOConfig` field keeps its meaning.
+
+    Names: the paper's `gamma` is `guidance_scale` and its `beta` is `diversity_coef`. GRPO's own `beta` is the
+    KL-to-reference coefficient and is unrelated.
+    """
+
+    guidance_scale: float = field(
+        default=3.0,
+        metadata={
+            "help": "CFG scale (the paper's gamma) of the frozen teacher: logits l_u + gamma * (l_c - l_u). 1.0 "
+            "means no guidance; values above 1 sharpen towards the prompt."
+        },
+    )
+    distill_coef: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the CFG-distillation loss. 0 turns distillation off (diversity-only RL)."},
+    )
+    distill_divergence: str = field(
+        default="reverse_kl",
+        metadata={
+            "help": "Token-level divergence between the CFG teacher and the student: 'reverse_kl' "
+            "(KL(student || teacher), the paper's reading), 'forward_kl' (KL(teacher || student)) or 'jsd'.",
+            "choices": list(DIVERGENCES),
+        },
+    )
+    distill_jsd_beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "Mixture weight b of the generalised JSD (only with distill_divergence='jsd'): "
+            "m = (1 - b) * p_student + b * p_teacher. 0.5 is the symmetric JSD."
+        },
+    )
+    diversity_coef: float = field(
+        default=15.0,
+        metadata={
+            "help": "Weight of the diversity reward (the paper's beta): the advantage of each sample is "
+            "diversity_coef * (d_i - b_i), not divided by any standard deviation. 0 = pure CFG distillation."
+        },
+    )
+    diversity_embedder: str | None = field(
+        default=None,
+        metadata={
+            "help": "sentence-transformers model (path or hub id) that embeds completions for the diversity "
+            "reward. None uses the embedded default, all-MiniLM-L6-v2."
+        },
+    )
+    unconditional_prompt: str = field(
+        default="",
+        metadata={
+            "help": "The null condition of the teacher's unconditional branch, rendered like the prompts (as the "
+            "user message of the chat template for conversational data)."
+        },
+    )
+    teacher_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint (path or hub id) of the CFG teacher; it must share the student's vocabulary. None "
+            "uses the initial policy (with LoRA: the base model with the adapter disabled)."
+        },
+    )
+
+    def __post_init__(self):
+        # Checked before GRPO's own checks, so that the most specific message is the one users see.
+        if self.distill_divergence not in DIVERGENCES:
+            raise ValueError(
+                f"Unknown distill_divergence {self.distill_divergence!r}; choose one of {', '.join(DIVERGENCES)}."
+            )
+        if not 0.0 < self.distill_jsd_beta < 1.0:
+            raise ValueError(f"distill_jsd_beta must lie strictly between 0 and 1, got {self.distill_jsd_beta}.")
+        for name in ("distill_coef", "diversity_coef"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}. Use 0 to turn the term off.")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale <= 0:
+            raise ValueError(
+                f"guidance_scale must be a finite number > 0, got {self.guidance_scale}. 1.0 means no guidance; "
+                "the paper's teacher uses 3.0."
+            )
+        if self.guidance_scale < 1:
+            warnings.warn(
+                f"guidance_scale={self.guidance_scale} < 1 moves the teacher away from the prompt (anti-guidance); "
+                "CFG distillation normally uses a scale >= 1.",
+                stacklevel=3,
+            )
+        if self.diversity_coef > 0 and self.num_generations is not None and self.num_generations < 2:
+            raise ValueError(
+                f"diversity_coef={self.diversity_coef} needs at least 2 samples per prompt to compare, but "
+                f"num_generations={self.num_generations}. Set num_generations >= 2 (the paper uses 4 or more)."
+            )
+        super().__post_init__()

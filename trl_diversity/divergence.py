@@ -1,0 +1,115 @@
+"""Token-level divergences between the CFG teacher's and the student's next-token distributions.
+
+Three kinds, named as in the config's `distill_divergence`:
+
+- `reverse_kl`: KL(student || teacher), mode-seeking; the reading of the paper's Eq. 2 and our default.
+- `forward_kl`: KL(teacher || student), mass-covering.
+- `jsd`: the generalised Jensen-Shannon divergence with mixture `m = (1 - b) * p_student + b * p_teacher`,
+  `b * KL(teacher || m) + (1 - b) * KL(student || m)` (TRL's GKD convention; `b = 0.5` is the symmetric JSD).
+
+`token_divergence` works on full logits (the reference, and fine for small vocabularies).
+`chunked_token_divergence` takes hidden states and LM-head weights instead and never holds more than one
+`[tokens, vocab-chunk]` tile of either model's logits; it runs TRL's chunked divergence kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+
+
+def kernel_beta(kind: str, jsd_beta: float = 0.5) -> float:
+    """TRL's kernel selects the divergence through one number: 0 = forward KL, 1 = reverse KL, else JSD(beta)."""
+    if kind == "forward_kl":
+        return 0.0
+    if kind == "reverse_kl":
+        return 1.0
+    if kind == "jsd":
+        if not 0.0 < jsd_beta < 1.0:
+            raise ValueError(f"The JSD mixture weight must lie strictly between 0 and 1, got {jsd_beta}.")
+        return jsd_beta
+    raise ValueError(f"Unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}.")
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    # sum_v p * (log p - log q), with 0 * log 0 = 0
+    return torch.where(log_p.isneginf(), 0.0, log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def token_divergence(
+    student_logits: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    kind: str = "reverse_kl",
+    jsd_beta: float = 0.5,
+) -> torch.Tensor:
+    """Per-position divergence `D(teacher, student)` over the vocabulary (last dimension), zero where `mask` is 0.
+
+    Gradients flow to `student_logits` only. Returns a float32 tensor of shape `student_logits.shape[:-1]`.
+    """
+    kernel_beta(kind, jsd_beta)  # validates `kind`
+    log_s = torch.log_softmax(student_logits.float(), dim=-1)
+    log_t = torch.log_softmax(teacher_log_probs.detach().float(), dim=-1)
+    if kind == "reverse_kl":
+        per_token = _kl(log_s, log_t)
+    elif kind == "forward_kl":
+        per_token = _kl(log_t, log_s)
+    else:
+        log_m = torch.logaddexp(log_s + math.log(1 - jsd_beta), log_t + math.log(jsd_beta))
+        per_token = jsd_beta * _kl(log_t, log_m) + (1 - jsd_beta) * _kl(log_s, log_m)
+    if mask is not None:
+        per_token = per_token * mask.to(per_token.dtype)
+    return per_token
+
+
+def chunked_token_divergence(
+    student_hidden: torch.Tensor,
+    student_head: torch.nn.Module | torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.nn.Module | torch.Tensor,
+    kind: str = "reverse_kl",
+    jsd_beta: float = 0.5,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+) -> torch.Tensor:
+    """Per-token divergence from hidden states `[N, H]` and the LM heads that project them to the vocabulary.
+
+    `teacher_hidden` are the CFG-guided teacher hidden states (see `guidance.guide`); `*_head` is an `nn.Linear`
+    or its `[V, H]` weight. Gradients flow to the student's hidden states and head weight only. Returns `[N]`.
+    """
+    s_weight, s_bias = _weight_and_bias(student_head)
+    t_weight, t_bias = _weight_and_bias(teacher_head)
+    if s_weight.shape[0] != t_weight.shape[0]:
+        raise ValueError(
+            f"Student and teacher vocabularies differ ({s_weight.shape[0]} vs {t_weight.shape[0]} tokens)."
+        )
+    divergence, _entropy = ChunkedDivergenceFunction.apply(
+        student_hidden,
+        s_weight,
+        s_bias,
+        teacher_hidden.detach(),
+        t_weight.detach(),
+        None if t_bias is None else t_bias.detach(),
+        kernel_beta(kind, jsd_beta),
+        1.0,  # temperature: distil the models' own distributions, not the sampling temperature's
+        student_logit_scale,
+        None,
+        teacher_logit_scale,
+        None,
+    )
+    return divergence
+
+
+def _weight_and_bias(head: torch.nn.Module | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(head, torch.Tensor):
+        return head, None
+    weight, bias = head.weight, getattr(head, "bias", None)
+    # FSDP2 shards parameters as DTensors; the kernel needs the full head (as TRL's fused LM head does).
+    if hasattr(weight, "full_tensor"):
+        weight = weight.full_tensor()
+        bias = bias.full_tensor() if bias is not None else None
+    return weight, bias

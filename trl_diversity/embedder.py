@@ -1,0 +1,50 @@
+"""Sentence embeddings of completions, with the sentence-transformers model the diversity reward compares them by."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+from .defaults import resolve_embedder
+
+
+def load_embedder(name_or_path: str | None, device: torch.device | str | None = None) -> SentenceTransformer:
+    """Load a sentence-transformers model; `None` means the embedded default (all-MiniLM-L6-v2)."""
+    resolved = resolve_embedder(name_or_path)
+    looks_like_path = os.path.sep in resolved or resolved.startswith(".")
+    if looks_like_path and not os.path.isdir(resolved):
+        raise ValueError(
+            f"The diversity embedder {resolved!r} does not exist. Pass the folder of a sentence-transformers model, a "
+            "hub id, or None for the embedded default (all-MiniLM-L6-v2)."
+        )
+    try:
+        return SentenceTransformer(resolved, device=str(device) if device is not None else None)
+    except Exception as error:  # sentence-transformers raises many kinds; the user needs to know which model failed
+        raise ValueError(
+            f"Could not load the diversity embedder {resolved!r} as a sentence-transformers model ({error}). Pass "
+            "the folder or hub id of a sentence-transformers model, or None for the embedded default."
+        ) from error
+
+
+def completion_text(completion) -> str:
+    """The text of a completion: a string, or (conversational) the contents of its messages."""
+    if isinstance(completion, str):
+        return completion
+    parts = []
+    for message in completion:
+        content = message.get("content", "")
+        if isinstance(content, list):  # content blocks
+            content = " ".join(block.get("text", "") for block in content if isinstance(block, dict))
+        parts.append(content or "")
+    return "\n".join(parts)
+
+
+@torch.no_grad()
+def embed(embedder: SentenceTransformer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """`[len(texts), D]` float32 embeddings (not normalised; the cosine is taken later)."""
+    embeddings = embedder.encode(
+        texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False, normalize_embeddings=False
+    )
+    return embeddings.float()

@@ -1,0 +1,367 @@
+"""`DiversityCFGTrainer`: GRPO plus a CFG-distillation loss and a group diversity reward.
+
+What this class adds to `trl.GRPOTrainer`, and where:
+
+- `__init__`: loads the embedder, registers the diversity reward as one more GRPO reward column (so GRPO gathers,
+  logs and tables it) with weight 0 in GRPO's normalised advantage, and sets up the frozen CFG teacher.
+- `diversity` (the reward column): embeds the completions, gathers them from every process (a prompt's group can
+  span processes) and returns each completion's mean dissimilarity to its group.
+- `_generate_and_score_completions`: adds `diversity_coef * (d_i - b_i)` to GRPO's advantages (no std division, so
+  `diversity_coef` is a real weight) and runs the teacher on the conditional and unconditional contexts.
+- `_compute_loss`: GRPO's loss plus `distill_coef` times the teacher-student divergence, computed from the hidden
+  states of the very forward pass GRPO runs for its log-probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import GRPOTrainer
+from trl.data_utils import is_conversational
+from trl.models.utils import disable_gradient_checkpointing, prepare_deepspeed, prepare_fsdp
+from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, get_config_model_id, use_adapter
+
+from .config import DiversityCFGConfig
+from .divergence import chunked_token_divergence
+from .diversity import diversity_advantages, group_diversity_rewards
+from .embedder import completion_text, embed, load_embedder
+from .hidden_states import capture_last_hidden_state, language_model
+from .normalization import reduce_like_grpo
+from .teacher import guided_teacher_hidden_states
+
+TEACHER_ADAPTER = "cfg_teacher"
+
+
+class DiversityCFGTrainer(GRPOTrainer):
+    """Diversity-rewarded CFG distillation (Cideron et al., ICLR 2025) as a drop-in `GRPOTrainer`.
+
+    The constructor is GRPO's. `reward_funcs` is optional: the diversity reward and the distillation loss are built
+    in, and extra reward functions add quality rewards through GRPO's own machinery (normalised as GRPO does).
+    """
+
+    _tag_names = ["trl", "grpo", "trl-diversity", "cfg-distillation"]
+    _name = "DiversityCFG"
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: DiversityCFGConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = DiversityCFGConfig(f"{name.split('/')[-1] or 'model'}-DiversityCFG")
+        elif not isinstance(args, DiversityCFGConfig):
+            raise TypeError(
+                f"DiversityCFGTrainer needs a DiversityCFGConfig, got {type(args).__name__}. Build one with the same "
+                "fields: DiversityCFGConfig(**your_grpo_config.to_dict()) plus the diversity/CFG fields."
+            )
+        user_reward_funcs = [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+        if args.distill_coef == 0 and args.diversity_coef == 0 and not user_reward_funcs and environment_factory is None:
+            raise ValueError(
+                "Nothing to train on: distill_coef=0 and diversity_coef=0, and no reward_funcs were given. Set "
+                "distill_coef > 0 (CFG distillation), diversity_coef > 0 (diversity reward), or pass reward_funcs."
+            )
+        if args.teacher_model is not None and _looks_local(args.teacher_model) and not os.path.isdir(args.teacher_model):
+            raise ValueError(
+                f"teacher_model {args.teacher_model!r} does not exist. Pass the folder of a checkpoint that shares the "
+                "student's tokenizer, or leave teacher_model unset to use the initial policy as the teacher."
+            )
+
+        # A model built in memory has no path to reload the initial policy from: copy it before training moves it.
+        initial_policy = None
+        if (
+            args.distill_coef > 0
+            and args.teacher_model is None
+            and peft_config is None
+            and not isinstance(model, str)
+            and not is_peft_model(model)
+        ):
+            initial_policy = copy.deepcopy(model)
+        user_adapter_model = peft_config is None and not isinstance(model, str) and is_peft_model(model)
+
+        self.embedder = load_embedder(args.diversity_embedder, device=args.device)
+        self._latest_diversity_rewards: torch.Tensor | None = None
+
+        # GRPO turns every reward column into a normalised advantage. The diversity column gets weight 0 there: its
+        # advantage is added unnormalised in `_generate_and_score_completions`.
+        user_weights = args.reward_weights
+        if user_weights is not None and len(user_weights) != len(user_reward_funcs):
+            raise ValueError(
+                f"reward_weights has {len(user_weights)} entries but {len(user_reward_funcs)} reward functions were "
+                "given; the built-in diversity reward takes no entry (its weight is diversity_coef)."
+            )
+        if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
+            reward_processing_classes = [reward_processing_classes]
+        if reward_processing_classes is not None:
+            reward_processing_classes = [*reward_processing_classes, None]
+        args.reward_weights = [*(user_weights or [1.0] * len(user_reward_funcs)), 0.0]
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=[*user_reward_funcs, self.diversity],
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                tools=tools,
+                rollout_func=rollout_func,
+                environment_factory=environment_factory,
+            )
+        finally:
+            args.reward_weights = user_weights
+        self.reward_weights[self.reward_funcs.index(self.diversity)] = 0.0
+
+        self._unconditional_ids_cache: dict[bool, list[int]] = {}
+        self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation
+        self._teacher_adapter = None  # with a user-supplied adapter: the name of its frozen copy
+        if args.distill_coef > 0:
+            self._set_up_teacher(initial_policy, user_adapter_model)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Teacher
+
+    def _set_up_teacher(self, initial_policy, user_adapter_model: bool):
+        args = self.args
+        if args.teacher_model is not None:
+            teacher = create_model_from_path(args.teacher_model, **self._teacher_init_kwargs())
+            self._check_teacher_vocabulary(teacher, args.teacher_model)
+        elif is_peft_model(self.model):
+            if user_adapter_model:
+                self._teacher_adapter = self._freeze_adapter_copy()
+            _check_no_softcapping(self.model)
+            return  # the base model with the adapter disabled is the teacher: no second copy of the weights
+        elif self.ref_model is not None:
+            self.teacher = self.ref_model  # GRPO's frozen reference is the initial policy already
+            _check_no_softcapping(self.teacher)
+            return
+        elif initial_policy is not None:
+            teacher = initial_policy
+        else:
+            teacher = create_model_from_path(get_config_model_id(self.model.config), **self._teacher_init_kwargs())
+        _check_no_softcapping(teacher)
+        teacher.eval().requires_grad_(False)
+        if args.disable_dropout:
+            disable_dropout_in_model(teacher)
+        # Prepared like GRPO's reference model, so it is sharded the same way under DeepSpeed ZeRO-3 and FSDP.
+        if self.is_deepspeed_enabled:
+            self.teacher = prepare_deepspeed(teacher, self.accelerator)
+        elif self.is_fsdp_enabled:
+            self.teacher = prepare_fsdp(teacher, self.accelerator)
+        else:
+            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _teacher_init_kwargs(self) -> dict:
+        kwargs = dict(self.args.model_init_kwargs or {})
+        if self.args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+            kwargs["device_map"] = None
+        kwargs.setdefault("trust_remote_code", self.args.trust_remote_code)
+        kwargs.setdefault("dtype", self.model.dtype)
+        return kwargs
+
+    def _check_teacher_vocabulary(self, teacher, name: str):
+        student_rows = language_model(self.model).get_output_embeddings().weight.shape[0]
+        teacher_rows = teacher.get_output_embeddings().weight.shape[0]
+        mismatch = student_rows != teacher_rows
+        detail = f"the student's LM head has {student_rows} rows, the teacher's {teacher_rows}"
+        try:
+            from transformers import AutoTokenizer
+
+            teacher_vocab = AutoTokenizer.from_pretrained(name).get_vocab()
+        except (OSError, ValueError):
+            teacher_vocab = None  # a checkpoint without a tokenizer: only the head sizes can be compared
+        if teacher_vocab is not None and teacher_vocab != self._tokenizer.get_vocab():
+            mismatch = True
+            detail = "their tokenizers map tokens to different ids"
+        if mismatch:
+            raise ValueError(
+                f"teacher_model {name!r} does not share the student's vocabulary ({detail}). CFG distillation compares "
+                "next-token distributions id by id: use a teacher from the same model family and tokenizer."
+            )
+
+    def _freeze_adapter_copy(self) -> str:
+        """The initial policy is base + the user's adapter: keep a frozen copy of that adapter as the teacher."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if "ref" in unwrapped.peft_config:
+            return "ref"  # GRPO already froze one as its reference
+        unwrapped.add_adapter(TEACHER_ADAPTER, unwrapped.peft_config["default"])
+        for name, param in unwrapped.named_parameters():
+            if f".{TEACHER_ADAPTER}." in name:
+                param.data.copy_(unwrapped.get_parameter(name.replace(f".{TEACHER_ADAPTER}.", ".default.")).data)
+                param.requires_grad_(False)
+        unwrapped.set_adapter("default")
+        return TEACHER_ADAPTER
+
+    def _unconditional_ids(self, conversational: bool) -> list[int]:
+        """The null context, rendered like the prompts; never empty (falls back to BOS, else EOS)."""
+        if conversational not in self._unconditional_ids_cache:
+            null = self.args.unconditional_prompt
+            if conversational:
+                ids = self._tokenize_prompts([[{"role": "user", "content": null}]])[0][0]
+            else:
+                ids = self.processing_class(text=[null])["input_ids"][0]
+            ids = [int(i) for i in ids]
+            if not ids:
+                fallback = self._tokenizer.bos_token_id
+                ids = [fallback if fallback is not None else self._tokenizer.eos_token_id]
+            self._unconditional_ids_cache[conversational] = ids
+        return self._unconditional_ids_cache[conversational]
+
+    def _teacher_hidden_states(self, output: dict, conversational: bool) -> torch.Tensor:
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        arguments = dict(
+            prompt_ids=output["prompt_ids"],
+            prompt_mask=output["prompt_mask"],
+            completion_ids=output["completion_ids"],
+            completion_mask=output["completion_mask"],
+            unconditional_ids=self._unconditional_ids(conversational),
+            guidance_scale=self.args.guidance_scale,
+            pad_id=self._tokenizer.pad_token_id,
+            batch_size=batch_size,
+        )
+        with torch.no_grad(), self.accelerator.autocast():
+            if self.teacher is not None:
+                return guided_teacher_hidden_states(self.teacher, **arguments)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with (
+                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                use_adapter(unwrapped, adapter_name=self._teacher_adapter),
+            ):
+                return guided_teacher_hidden_states(self.model, **arguments)
+
+    def _teacher_head(self) -> torch.nn.Module:
+        owner = self.model if self.teacher is None else self.teacher
+        return language_model(self.accelerator.unwrap_model(owner)).get_output_embeddings()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Diversity reward
+
+    def diversity(self, prompts, completions, **kwargs) -> list[float]:
+        """GRPO reward column: each completion's mean `1 - cos` to the other completions of its prompt."""
+        local = embed(self.embedder, [completion_text(c) for c in completions]).to(self.accelerator.device)
+        # A prompt's group may span processes: compare against the gathered global batch, keep the local slice.
+        embeddings = self.accelerator.gather(local)
+        num_generations = self.num_generations if self.model.training else self.num_generations_eval
+        if num_generations < 2:
+            self._latest_diversity_rewards = None
+            return [float("nan")] * len(completions)
+        rewards = group_diversity_rewards(embeddings, num_generations)
+        self._latest_diversity_rewards = rewards
+        start = self.accelerator.process_index * len(completions)
+        return rewards[start : start + len(completions)].tolist()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # GRPO hooks
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        rewards = self._latest_diversity_rewards
+        if rewards is not None:
+            num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+            advantages = diversity_advantages(rewards, num_generations)
+            start = self.accelerator.process_index * len(inputs)
+            local = advantages[start : start + len(inputs)].to(output["advantages"].device)
+            output["advantages"] = output["advantages"] + self.args.diversity_coef * local
+            self._metrics[mode]["diversity/pairwise"].append(rewards.mean().item())
+            self._metrics[mode]["diversity/advantage_abs"].append(
+                (self.args.diversity_coef * advantages).abs().mean().item()
+            )
+        if self.args.distill_coef > 0:
+            output["teacher_hidden_states"] = self._teacher_hidden_states(output, is_conversational(inputs[0]))
+        return output
+
+    def _compute_loss(self, model, inputs):
+        if self.args.distill_coef == 0:
+            return super()._compute_loss(model, inputs)
+        # The student's hidden states come from the forward GRPO runs anyway for its log-probabilities.
+        with capture_last_hidden_state(self.accelerator.unwrap_model(model)) as captured:
+            loss = super()._compute_loss(model, inputs)
+        hidden = torch.cat(captured)
+        prompt_length = inputs["prompt_ids"].size(1)
+        completion_length = inputs["completion_ids"].size(1)
+        # Position p predicts token p + 1: the completion is predicted from positions P - 1 .. P + C - 2.
+        student_hidden = hidden[:, prompt_length - 1 : prompt_length - 1 + completion_length]
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        selected = mask.bool()
+        teacher_hidden = inputs["teacher_hidden_states"]
+        with self.accelerator.autocast():
+            divergence = chunked_token_divergence(
+                student_hidden[selected],
+                self._student_head(model),
+                teacher_hidden[selected].to(student_hidden.device),
+                self._teacher_head(),
+                kind=self.args.distill_divergence,
+                jsd_beta=self.args.distill_jsd_beta,
+                student_logit_scale=_logit_scale(model),
+                teacher_logit_scale=_logit_scale(self.teacher if self.teacher is not None else model),
+            )
+        per_token = torch.zeros(mask.shape, dtype=divergence.dtype, device=divergence.device)
+        per_token = per_token.masked_scatter(selected, divergence)
+        mode = "train" if self.model.training else "eval"
+        distill_loss = reduce_like_grpo(
+            per_token,
+            mask,
+            self.loss_type,
+            accumulation_steps=self.current_gradient_accumulation_steps,
+            max_completion_length=self.max_completion_length,
+            num_items_in_batch=inputs.get("num_items_in_batch"),
+            num_processes=self.accelerator.num_processes,
+            steps_per_generation=self.args.steps_per_generation,
+            training=mode == "train",
+        )
+        totals = self.accelerator.reduce(
+            torch.stack([divergence.detach().sum(), selected.sum().to(divergence.dtype)]), reduction="sum"
+        )
+        self._metrics[mode]["distill/divergence"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        return loss + self.args.distill_coef * distill_loss
+
+    def _student_head(self, model) -> torch.nn.Module:
+        return language_model(self.accelerator.unwrap_model(model)).get_output_embeddings()
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id: explicit path syntax, more than one folder level, or no hub to ask."""
+    explicit = name.startswith((".", "/", "~")) or name.count("/") > 1
+    return explicit or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _text_config(model):
+    model = language_model(model.module if hasattr(model, "module") else model)
+    return model.config.get_text_config()
+
+
+def _logit_scale(model) -> float:
+    scale = getattr(_text_config(model), "logit_scale", None)
+    return 1.0 if scale is None else float(scale)
+
+
+def _check_no_softcapping(model):
+    if getattr(_text_config(model), "final_logit_softcapping", None):
+        raise ValueError(
+            "The teacher applies final-logit soft-capping, so CFG cannot be computed on its hidden states (the "
+            "capping is not linear). Use a model without `final_logit_softcapping` or set distill_coef=0."
+        )
+
