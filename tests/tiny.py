@@ -54,6 +54,9 @@ def build_model(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: i
         eos_token_id=3,
         pad_token_id=0,
         tie_word_embeddings=False,
+        # Larger than the usual 0.02 so that the random model has peaked next-token distributions and the
+        # conditional and unconditional contexts differ visibly (CFG then has something to amplify).
+        initializer_range=0.1,
     )
     return LlamaForCausalLM(config)
 

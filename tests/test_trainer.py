@@ -1,0 +1,187 @@
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOTrainer
+
+from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer, diversity_advantages, guided_log_probs
+from trl_diversity.data import load_prompts
+from trl_diversity.divergence import token_divergence
+
+
+def make_args(tmp_path, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        max_steps=3,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    settings.update(overrides)
+    return DiversityCFGConfig(**settings)
+
+
+def make_trainer(checkpoint, tmp_path, conversational=True, prompts=16, model=None, **overrides):
+    return DiversityCFGTrainer(
+        model=model if model is not None else checkpoint,
+        args=make_args(tmp_path, **{k: v for k, v in overrides.items() if k not in ("peft_config", "reward_funcs")}),
+        train_dataset=load_prompts("train", conversational=conversational, limit=prompts),
+        processing_class=AutoTokenizer.from_pretrained(checkpoint),
+        peft_config=overrides.get("peft_config"),
+        reward_funcs=overrides.get("reward_funcs"),
+    )
+
+
+def logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+@pytest.mark.parametrize("conversational", [True, False])
+def test_full_finetune_trains_every_parameter(tiny_checkpoint, tmp_path, conversational):
+    trainer = make_trainer(tiny_checkpoint, tmp_path, conversational=conversational)
+    assert isinstance(trainer, GRPOTrainer)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    losses = logged(trainer, "loss")
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    for name, param in trainer.model.named_parameters():
+        assert not torch.equal(param, before[name]), f"{name} did not change"
+    assert all(d > 0 for d in logged(trainer, "distill/divergence"))
+    assert all(0 <= d <= 2 for d in logged(trainer, "diversity/pairwise"))
+    # The teacher is a frozen copy: training the student must not move it.
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    for (name, p), q in zip(teacher.named_parameters(), initial.parameters()):
+        assert torch.equal(p, q), f"teacher parameter {name} moved"
+
+
+def test_lora_trains_the_adapter_only_and_makes_no_teacher_copy(tiny_checkpoint, tmp_path):
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = make_trainer(tiny_checkpoint, tmp_path, peft_config=lora)
+    assert trainer.teacher is None and trainer.ref_model is None  # teacher = base model with the adapter disabled
+    params = dict(trainer.model.named_parameters())
+    before = {name: p.detach().clone() for name, p in params.items()}
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(logged(trainer, "loss"))))
+    for name, param in trainer.model.named_parameters():
+        changed = not torch.equal(param, before[name])
+        if "lora_" in name:
+            assert changed, f"adapter weight {name} did not change"
+        else:
+            assert not changed, f"base weight {name} changed"
+
+
+def test_distillation_alone_lowers_the_divergence_to_the_cfg_teacher(tiny_checkpoint, tmp_path):
+    trainer = make_trainer(
+        tiny_checkpoint, tmp_path, prompts=4, diversity_coef=0.0, max_steps=40, learning_rate=1e-2, guidance_scale=3.0
+    )
+    trainer.train()
+    divergence = logged(trainer, "distill/divergence")
+    first, last = sum(divergence[:5]) / 5, sum(divergence[-5:]) / 5
+    assert last < 0.6 * first, f"divergence went from {first:.4f} to {last:.4f}"
+
+
+def test_distillation_loss_equals_a_naive_full_logits_computation(tiny_checkpoint, tmp_path):
+    # Two prompts of different lengths (left padding), two samples each; bnpo = mean over all completion tokens.
+    trainer = make_trainer(
+        tiny_checkpoint, tmp_path, per_device_train_batch_size=4, num_generations=2, diversity_coef=0.0,
+        loss_type="bnpo", guidance_scale=2.5, distill_divergence="reverse_kl",
+    )
+    dataset = trainer.train_dataset
+    batch = [dataset[0], dataset[0], dataset[5], dataset[5]]
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); this test calls the hooks directly
+    output = trainer._generate_and_score_completions(batch)
+    assert torch.equal(output["advantages"], torch.zeros(4))  # no reward beyond distillation here
+    loss = trainer._compute_loss(trainer.model, output)
+
+    model, teacher = trainer.model, trainer.accelerator.unwrap_model(trainer.teacher)
+    null = torch.tensor(trainer._unconditional_ids(conversational=True))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in range(4):
+            prompt = output["prompt_ids"][row][output["prompt_mask"][row].bool()]
+            completion = output["completion_ids"][row][output["completion_mask"][row].bool()]
+            n = len(completion)
+
+            def next_token_logits(net, context):
+                logits = net(input_ids=torch.cat([context, completion])[None]).logits[0]
+                return logits[len(context) - 1 : len(context) - 1 + n]
+
+            teacher_log_probs = guided_log_probs(
+                next_token_logits(teacher, prompt), next_token_logits(teacher, null), 2.5
+            )
+            per_token = token_divergence(next_token_logits(model, prompt), teacher_log_probs, kind="reverse_kl")
+            total, count = total + per_token.sum().item(), count + n
+    assert loss.item() == pytest.approx(total / count, rel=1e-3)
+    assert trainer._metrics["train"]["distill/divergence"][-1] == pytest.approx(total / count, rel=1e-3)
+
+
+def test_diversity_advantage_is_the_unnormalised_weighted_leave_one_out_advantage(tiny_checkpoint, tmp_path):
+    trainer = make_trainer(tiny_checkpoint, tmp_path, distill_coef=0.0, diversity_coef=7.0)
+    trainer.model.train()
+    batch = [trainer.train_dataset[i // 4] for i in range(8)]
+    output = trainer._generate_and_score_completions(batch)
+    rewards = trainer._latest_diversity_rewards
+    torch.testing.assert_close(output["advantages"], 7.0 * diversity_advantages(rewards, 4))
+    assert "teacher_hidden_states" not in output  # distill_coef=0: no teacher forward at all
+
+
+def test_extra_reward_functions_keep_working(tiny_checkpoint, tmp_path):
+    def brevity(completions, **kwargs):
+        return [-len(str(c)) / 100 for c in completions]
+
+    trainer = make_trainer(tiny_checkpoint, tmp_path, reward_funcs=[brevity], reward_weights=[2.0], max_steps=2)
+    trainer.train()
+    assert logged(trainer, "rewards/brevity/mean") and logged(trainer, "rewards/diversity/mean")
+    assert trainer.args.reward_weights == [2.0]  # the user's config is left as it was
+    assert trainer.reward_weights.tolist() == [2.0, 0.0]
+
+
+def test_in_memory_model_gets_a_frozen_teacher_copy(tiny_checkpoint, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    trainer = make_trainer(tiny_checkpoint, tmp_path, model=model, max_steps=2)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    assert teacher is not trainer.model
+    trainer.train()
+    assert not torch.equal(teacher.lm_head.weight, trainer.model.lm_head.weight)
+
+
+def test_nothing_to_train_on_is_a_clear_error(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="Nothing to train on"):
+        make_trainer(tiny_checkpoint, tmp_path, distill_coef=0.0, diversity_coef=0.0)
+
+
+def test_teacher_with_another_vocabulary_is_rejected(tiny_checkpoint, tmp_path):
+    from tiny import build_model, build_tokenizer
+
+    other = tmp_path / "other"
+    tokenizer = build_tokenizer(extra_words=("zyzzyva", "quokka"))
+    build_model(len(tokenizer)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ValueError, match="does not share the student's vocabulary"):
+        make_trainer(tiny_checkpoint, tmp_path, teacher_model=str(other))
+
+
+def test_missing_teacher_path_is_rejected_before_loading_anything(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        make_trainer(tiny_checkpoint, tmp_path, teacher_model=str(tmp_path / "nowhere"))
+
+
+def test_separate_teacher_checkpoint_is_used(tiny_checkpoint, tmp_path):
+    from tiny import save_tiny_checkpoint
+
+    teacher_path = save_tiny_checkpoint(tmp_path / "teacher", seed=1)
+    trainer = make_trainer(tiny_checkpoint, tmp_path, teacher_model=str(teacher_path), max_steps=1)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    reference = AutoModelForCausalLM.from_pretrained(teacher_path)
+    assert torch.equal(teacher.lm_head.weight, reference.lm_head.weight)
+    trainer.train()
