@@ -84,18 +84,32 @@ class StepRecorder:
 
     def begin(self):
         self.parts = defaultdict(float)
+        self._cpu_start = time.process_time()
         self._start = time.perf_counter()
 
     def end(self, global_step: int):
         total = time.perf_counter() - self._start
+        cpu = time.process_time() - self._cpu_start
         parts = dict(self.parts)
         prepare = parts.pop("prepare", 0.0)
         inside_prepare = sum(parts.get(p, 0.0) for p in ("generation", "rewards", "teacher_forward"))
         # `prepare` (GRPO's _generate_and_score_completions) holds generation, rewards and the teacher; the rest of
         # it is tokenising, decoding and advantages.
         parts["prepare_rest"] = max(prepare - inside_prepare, 0.0)
-        parts["other"] = total - max(prepare, inside_prepare) - parts.get("loss_forward", 0.0) - parts.get("backward", 0.0)
-        self.steps.append({"trainer": self.label, "round": self.round, "step": global_step, "total": total, **parts})
+        parts["other"] = (
+            total - max(prepare, inside_prepare) - parts.get("loss_forward", 0.0) - parts.get("backward", 0.0)
+        )
+        self.steps.append(
+            {
+                "trainer": self.label,
+                "round": self.round,
+                "step": global_step,
+                "total": total,
+                "cpu": cpu,
+                "load_1min": os.getloadavg()[0],
+                **parts,
+            }
+        )
 
 
 def make_callback(recorder: StepRecorder):
@@ -106,7 +120,7 @@ def make_callback(recorder: StepRecorder):
             recorder.begin()
 
         def on_step_end(self, args, state, control, **kwargs):
-            recorder.end(state.global_step + 1)
+            recorder.end(state.global_step)  # already counts this step
 
     return StepTimer()
 
@@ -127,8 +141,9 @@ def instrument(trainer, recorder: StepRecorder):
 
 def instrument_distillation(recorder: StepRecorder):
     """Time the distillation kernel's forward (as the trainer calls it) and its backward."""
-    import trl_diversity.trainer as ours
     from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+    import trl_diversity.trainer as ours
 
     ours.chunked_token_divergence = recorder.timed("distill_forward", ours.chunked_token_divergence)
     ChunkedDivergenceFunction.backward = staticmethod(
@@ -206,21 +221,35 @@ def build_trainers(args, recorder: StepRecorder, output_root: str):
 def summarize(steps: list[dict], label: str) -> dict:
     rows = [s for s in steps if s["trainer"] == label]
     kept = rows[1:]  # the first step of each trainer is warm-up
-    summary = {
+    lengths = [s["mean_completion_length"] for s in kept if "mean_completion_length" in s]
+    return {
         "steps_measured": len(kept),
         "warmup_step_s": rows[0]["total"] if rows else None,
         "median_step_s": statistics.median(s["total"] for s in kept),
         "mean_step_s": statistics.fmean(s["total"] for s in kept),
         "min_step_s": min(s["total"] for s in kept),
         "max_step_s": max(s["total"] for s in kept),
-        "median_parts_s": {
-            part: statistics.median(s.get(part, 0.0) for s in kept) for part in PARTS
-        },
-        "mean_completion_length": statistics.fmean(s["mean_completion_length"] for s in kept if "mean_completion_length" in s)
-        if any("mean_completion_length" in s for s in kept)
-        else None,
+        "median_step_cpu_s": statistics.median(s["cpu"] for s in kept),
+        "median_parts_s": {part: statistics.median(s.get(part, 0.0) for s in kept) for part in PARTS},
+        "mean_completion_length": statistics.fmean(lengths) if lengths else None,
+        "mean_load_1min": statistics.fmean(s["load_1min"] for s in kept),
     }
-    return summary
+
+
+def per_round_ratios(steps: list[dict], rounds: int, key: str = "total") -> list[float]:
+    """Ratio ours / GRPO of the median step within each round (warm-up steps left out)."""
+    kept = {label: [s for s in steps if s["trainer"] == label][1:] for label in ("grpo", "ours")}
+    ratios = []
+    for round_index in range(rounds):
+        medians = [
+            statistics.median(values)
+            if (values := [s[key] for s in kept[label] if s["round"] == round_index])
+            else None
+            for label in ("grpo", "ours")
+        ]
+        if None not in medians:
+            ratios.append(medians[1] / medians[0])
+    return ratios
 
 
 def attach_completion_lengths(trainer, recorder: StepRecorder, label: str, round_index: int):
@@ -236,25 +265,28 @@ def attach_completion_lengths(trainer, recorder: StepRecorder, label: str, round
 
 
 def markdown(result: dict) -> str:
-    grpo, ours = result["grpo"], result["ours"]
+    grpo, ours, config = result["grpo"], result["ours"], result["config"]
     lines = [
         "# Step time: DiversityCFGTrainer vs GRPOTrainer",
         "",
-        f"Machine: {result['machine']}. Model: SmolLM2-135M-Instruct + LoRA r=16 (default job), "
-        f"{result['config']['batch_size']} completions/step ({result['config']['num_generations']} per prompt), "
-        f"max {result['config']['max_completion_length']} new tokens, temperature 1.0. Ours: distill_coef=1, "
-        "diversity_coef=15, guidance_scale=3, reverse KL.",
-        f"{result['config']['rounds']} alternating rounds x {result['config']['steps_per_round']} steps per trainer; "
-        "first step of each trainer discarded.",
+        f"Machine: {result['machine']}. Model: SmolLM2-135M-Instruct + LoRA r=16 (the default job's LoRA), "
+        f"{config['batch_size']} completions per step ({config['num_generations']} per prompt), at most "
+        f"{config['max_completion_length']} new tokens, temperature 1.0. Ours: distill_coef=1, diversity_coef=15, "
+        "guidance_scale=3, reverse KL. GRPO: one reward, completion length / 100.",
+        f"{config['rounds']} alternating rounds of {config['steps_per_round']} step(s) per trainer; the first step of "
+        "each trainer is left out as warm-up.",
         "",
         "| | GRPOTrainer | DiversityCFGTrainer |",
         "|---|---|---|",
-        f"| median step (s) | {grpo['median_step_s']:.2f} | {ours['median_step_s']:.2f} |",
-        f"| mean step (s) | {grpo['mean_step_s']:.2f} | {ours['mean_step_s']:.2f} |",
-        f"| min / max step (s) | {grpo['min_step_s']:.2f} / {grpo['max_step_s']:.2f} | "
+        f"| median step, wall (s) | {grpo['median_step_s']:.2f} | {ours['median_step_s']:.2f} |",
+        f"| median step, process CPU time (s) | {grpo['median_step_cpu_s']:.2f} | {ours['median_step_cpu_s']:.2f} |",
+        f"| mean step, wall (s) | {grpo['mean_step_s']:.2f} | {ours['mean_step_s']:.2f} |",
+        f"| min / max step, wall (s) | {grpo['min_step_s']:.2f} / {grpo['max_step_s']:.2f} | "
         f"{ours['min_step_s']:.2f} / {ours['max_step_s']:.2f} |",
+        f"| steps measured | {grpo['steps_measured']} | {ours['steps_measured']} |",
         f"| mean completion length (tokens) | {_fmt(grpo['mean_completion_length'])} | "
         f"{_fmt(ours['mean_completion_length'])} |",
+        f"| mean 1-min load average during steps | {grpo['mean_load_1min']:.2f} | {ours['mean_load_1min']:.2f} |",
     ]
     for part in PARTS:
         lines.append(
@@ -262,19 +294,20 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        f"**Ratio ours / GRPO (median step): {result['ratio_median']:.2f}x** (target <= 1.3x). "
-        f"Ratio of the per-round medians: {', '.join(f'{r:.2f}' for r in result['ratio_per_round'])}.",
+        f"**Ratio ours / GRPO, median wall step: {result['ratio_median']:.2f}x** (target <= 1.3x). "
+        f"Process CPU time: {result['ratio_median_cpu']:.2f}x. Per-round ratios of the medians: "
+        f"{', '.join(f'{r:.2f}' for r in result['ratio_per_round'])} (median {_fmt(result['ratio_per_round_median'], 2)}).",
         "",
         "Parts are medians over steps, so they need not add up to the median step. `distill_forward` is inside "
-        "`loss_forward`, `distill_backward` inside `backward`; `prepare_rest` is the rest of "
-        "`_generate_and_score_completions` (tokenising, decoding, advantages); `other` is the optimizer step and "
-        "the trainer's bookkeeping.",
+        "`loss_forward` and `distill_backward` inside `backward`; `prepare_rest` is the rest of "
+        "`_generate_and_score_completions` (tokenising, decoding, advantages); `other` is the optimizer step and the "
+        "trainer's bookkeeping.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value):
-    return "n/a" if value is None else f"{value:.1f}"
+def _fmt(value, digits: int = 1):
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv=None):
@@ -324,7 +357,12 @@ def main(argv=None):
             "max_completion_length": args.max_completion_length,
             "seed": args.seed,
             "lora": LORA,
-            "ours": {"distill_coef": 1.0, "diversity_coef": 15.0, "guidance_scale": 3.0, "distill_divergence": "reverse_kl"},
+            "ours": {
+                "distill_coef": 1.0,
+                "diversity_coef": 15.0,
+                "guidance_scale": 3.0,
+                "distill_divergence": "reverse_kl",
+            },
             "grpo_reward": "completion length / 100",
         },
         "setup_s": setup_s,
@@ -334,16 +372,11 @@ def main(argv=None):
         "total_wall_s": time.perf_counter() - started,
     }
     result["ratio_median"] = result["ours"]["median_step_s"] / result["grpo"]["median_step_s"]
-    per_round = []
-    for round_index in range(args.rounds):
-        medians = {}
-        for label in ("grpo", "ours"):
-            rows = [s for s in recorder.steps if s["trainer"] == label]
-            kept = [s["total"] for s in rows[1:] if s["round"] == round_index]
-            medians[label] = statistics.median(kept) if kept else None
-        if medians["grpo"] and medians["ours"]:
-            per_round.append(medians["ours"] / medians["grpo"])
-    result["ratio_per_round"] = per_round
+    result["ratio_median_cpu"] = result["ours"]["median_step_cpu_s"] / result["grpo"]["median_step_cpu_s"]
+    result["ratio_per_round"] = per_round_ratios(recorder.steps, args.rounds)
+    result["ratio_per_round_median"] = (
+        statistics.median(result["ratio_per_round"]) if result["ratio_per_round"] else None
+    )
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

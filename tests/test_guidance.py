@@ -1,7 +1,7 @@
 import pytest
 import torch
-from transformers.modeling_outputs import CausalLMOutput
 from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
+from transformers.modeling_outputs import CausalLMOutput
 
 from trl_diversity import guided_log_probs
 from trl_diversity.guidance import guide

@@ -89,11 +89,23 @@ def test_distillation_alone_lowers_the_divergence_to_the_cfg_teacher(tiny_checkp
     assert last < 0.6 * first, f"divergence went from {first:.4f} to {last:.4f}"
 
 
+def next_token_logits(net, context, completion):
+    """Logits predicting each completion token, from one unpadded sequence."""
+    logits = net(input_ids=torch.cat([context, completion])[None]).logits[0]
+    return logits[len(context) - 1 : len(context) - 1 + len(completion)]
+
+
 def test_distillation_loss_equals_a_naive_full_logits_computation(tiny_checkpoint, tmp_path):
     # Two prompts of different lengths (left padding), two samples each; bnpo = mean over all completion tokens.
     trainer = make_trainer(
-        tiny_checkpoint, tmp_path, per_device_train_batch_size=4, num_generations=2, diversity_coef=0.0,
-        loss_type="bnpo", guidance_scale=2.5, distill_divergence="reverse_kl",
+        tiny_checkpoint,
+        tmp_path,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        diversity_coef=0.0,
+        loss_type="bnpo",
+        guidance_scale=2.5,
+        distill_divergence="reverse_kl",
     )
     dataset = trainer.train_dataset
     batch = [dataset[0], dataset[0], dataset[5], dataset[5]]
@@ -110,17 +122,12 @@ def test_distillation_loss_equals_a_naive_full_logits_computation(tiny_checkpoin
         for row in range(4):
             prompt = output["prompt_ids"][row][output["prompt_mask"][row].bool()]
             completion = output["completion_ids"][row][output["completion_mask"][row].bool()]
-            n = len(completion)
-
-            def next_token_logits(net, context):
-                logits = net(input_ids=torch.cat([context, completion])[None]).logits[0]
-                return logits[len(context) - 1 : len(context) - 1 + n]
-
             teacher_log_probs = guided_log_probs(
-                next_token_logits(teacher, prompt), next_token_logits(teacher, null), 2.5
+                next_token_logits(teacher, prompt, completion), next_token_logits(teacher, null, completion), 2.5
             )
-            per_token = token_divergence(next_token_logits(model, prompt), teacher_log_probs, kind="reverse_kl")
-            total, count = total + per_token.sum().item(), count + n
+            student_logits = next_token_logits(model, prompt, completion)
+            per_token = token_divergence(student_logits, teacher_log_probs, kind="reverse_kl")
+            total, count = total + per_token.sum().item(), count + len(completion)
     assert loss.item() == pytest.approx(total / count, rel=1e-3)
     assert trainer._metrics["train"]["distill/divergence"][-1] == pytest.approx(total / count, rel=1e-3)
 

@@ -72,7 +72,9 @@ def convert_gguf_checkpoint(gguf_path: Path, output_dir: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
-        raise MissingDefaultModelError("Reading GGUF files needs the `gguf` package. Install it with:\n    pip install gguf")
+        raise MissingDefaultModelError(
+            "Reading GGUF files needs the `gguf` package. Install it with:\n    pip install gguf"
+        )
     folder, name = str(gguf_path.parent), gguf_path.name
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)

@@ -21,8 +21,6 @@ def guide(conditional: torch.Tensor, unconditional: torch.Tensor, guidance_scale
     return unconditional + guidance_scale * (conditional - unconditional)
 
 
-def guided_log_probs(
-    cond_logits: torch.Tensor, uncond_logits: torch.Tensor, guidance_scale: float
-) -> torch.Tensor:
+def guided_log_probs(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """Log-probabilities of the CFG distribution, over the last dimension, computed in float32."""
     return torch.log_softmax(guide(cond_logits.float(), uncond_logits.float(), guidance_scale), dim=-1)

@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> None:
         from .report import BeforeAfterReport
 
         report = BeforeAfterReport(
-            training_args, tokenizer, script_args.report_prompts, script_args.report_samples,
+            training_args,
+            tokenizer,
+            script_args.report_prompts,
+            script_args.report_samples,
             chat=script_args.prompt_format == "conversational",
         )
         report.measure_base(model_path)

@@ -70,13 +70,24 @@ class DiversityCFGTrainer(GRPOTrainer):
                 f"DiversityCFGTrainer needs a DiversityCFGConfig, got {type(args).__name__}. Build one with the same "
                 "fields: DiversityCFGConfig(**your_grpo_config.to_dict()) plus the diversity/CFG fields."
             )
-        user_reward_funcs = [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
-        if args.distill_coef == 0 and args.diversity_coef == 0 and not user_reward_funcs and environment_factory is None:
+        user_reward_funcs = (
+            [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+        )
+        if (
+            args.distill_coef == 0
+            and args.diversity_coef == 0
+            and not user_reward_funcs
+            and environment_factory is None
+        ):
             raise ValueError(
                 "Nothing to train on: distill_coef=0 and diversity_coef=0, and no reward_funcs were given. Set "
                 "distill_coef > 0 (CFG distillation), diversity_coef > 0 (diversity reward), or pass reward_funcs."
             )
-        if args.teacher_model is not None and _looks_local(args.teacher_model) and not os.path.isdir(args.teacher_model):
+        if (
+            args.teacher_model is not None
+            and _looks_local(args.teacher_model)
+            and not os.path.isdir(args.teacher_model)
+        ):
             raise ValueError(
                 f"teacher_model {args.teacher_model!r} does not exist. Pass the folder of a checkpoint that shares the "
                 "student's tokenizer, or leave teacher_model unset to use the initial policy as the teacher."
@@ -364,4 +375,3 @@ def _check_no_softcapping(model):
             "The teacher applies final-logit soft-capping, so CFG cannot be computed on its hidden states (the "
             "capping is not linear). Use a model without `final_logit_softcapping` or set distill_coef=0."
         )
-
