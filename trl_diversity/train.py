@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(f"Saved the finetuned {'adapter' if model_args.use_peft else 'model'} to {training_args.output_dir}")
@@ -161,3 +161,12 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(training_args.output_dir)
             (out / "before_after.md").write_text(table + "\n")
             (out / "before_after.json").write_text(json.dumps(report.rows, indent=2) + "\n")
+
+
+def _resume_argument(value: str | None) -> str | bool | None:
+    """`--resume_from_checkpoint true` resumes from the latest checkpoint in output_dir; a path names one."""
+    if isinstance(value, str) and value.lower() in ("true", "latest"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "none", ""):
+        return None
+    return value
