@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from trl_diversity import cli
+
+
+def test_train_runs_the_default_job_shape_on_a_tiny_model(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    cli.main(
+        [
+            "train",
+            "--model_name_or_path",
+            tiny_checkpoint,
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_completion_length",
+            "8",
+            "--lora_target_modules",
+            "q_proj",
+            "v_proj",
+            "--report_prompts",
+            "2",
+            "--report_samples",
+            "2",
+        ]
+    )
+    assert (out / "adapter_config.json").is_file()  # the default job trains a LoRA adapter
+    assert (out / "checkpoint-2").is_dir()
+    rows = json.loads((out / "before_after.json").read_text())
+    assert [row["model"] for row in rows] == ["base", "base + CFG 3", "finetuned"]
+    assert all(0 <= row["pairwise_diversity"] <= 2 for row in rows)
+    assert [row["forward_passes_per_token"] for row in rows] == [1, 2, 1]
+    assert "| finetuned |" in capsys.readouterr().out
+
+
+def test_recipe_values_are_overridden_by_flags_and_unknown_keys_rejected(tiny_checkpoint, tmp_path):
+    from trl_diversity.train import parse
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: {tiny_checkpoint}\nguidance_scale: 2.0\ndiversity_coef: 5.0\n")
+    script_args, config, model_args = parse([str(recipe), "--diversity_coef", "7"])
+    assert (config.guidance_scale, config.diversity_coef) == (2.0, 7.0)
+    assert model_args.model_name_or_path == tiny_checkpoint
+
+    recipe.write_text("guidance_scale: 2.0\nguidance_scael: 3.0\n")
+    with pytest.raises(ValueError, match="guidance_scael"):
+        parse([str(recipe)])
+
+
+def test_command_line_help_lists_the_commands(capsys):
+    cli.main([])
+    assert "train" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown command"):
+        cli.main(["trian"])
