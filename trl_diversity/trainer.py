@@ -140,7 +140,6 @@ class DiversityCFGTrainer(GRPOTrainer):
             )
         finally:
             args.reward_weights = user_weights
-        self.reward_weights[self.reward_funcs.index(self.diversity)] = 0.0
 
         self._unconditional_ids_cache: dict[bool, list[int]] = {}
         self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation
