@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from trl_diversity import group_diversity_rewards
 from trl_diversity.embedder import embed, load_embedder
 
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_train.py"
+MULTI_CPU = Path(__file__).resolve().parent.parent / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
 
 
 def free_port() -> int:
@@ -19,29 +21,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_compute_the_same_diversity_rewards_as_one(tiny_checkpoint, tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(SCRIPT),
-        tiny_checkpoint,
-        str(tmp_path),
-    ]
+def launch(*arguments):
+    """`accelerate launch` with the project's 2-process CPU config (torchrun underneath, gloo backend)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU)]
+    command += ["--main_process_port", str(free_port()), *arguments]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return run
+
+
+@pytest.mark.slow
+def test_two_processes_compute_the_same_diversity_rewards_as_one(tiny_checkpoint, tmp_path):
+    launch(str(SCRIPT), tiny_checkpoint, str(tmp_path))
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["num_processes"] == 2
     completions, logged = result["completions"], torch.tensor(result["diversity"])
@@ -50,4 +41,16 @@ def test_two_processes_compute_the_same_diversity_rewards_as_one(tiny_checkpoint
     expected = group_diversity_rewards(embed(load_embedder(None), completions), 4)
     torch.testing.assert_close(logged, expected, atol=1e-4, rtol=1e-4)
     assert all("loss" in entry for entry in result["log_history"][:2])
-    assert (tmp_path / "model.safetensors").is_file()
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    assert not torch.equal(saved.lm_head.weight, initial.lm_head.weight)  # trained, saved once, loadable
+
+
+@pytest.mark.slow
+def test_train_command_runs_under_accelerate_launch_with_two_processes(tiny_checkpoint, tmp_path):
+    flags = ["--model_name_or_path", tiny_checkpoint, "--output_dir", str(tmp_path), "--max_steps", "2"]
+    flags += ["--per_device_train_batch_size", "2", "--max_completion_length", "8", "--report_prompts", "0"]
+    flags += ["--save_steps", "2", "--lora_target_modules", "q_proj", "v_proj"]
+    launch("-m", "trl_diversity.cli", "train", *flags)
+    assert (tmp_path / "adapter_config.json").is_file()
+    assert (tmp_path / "checkpoint-2" / "trainer_state.json").is_file()
