@@ -5,10 +5,16 @@ Runnable as `python -m trl_diversity.cli`, so `accelerate launch -m trl_diversit
 
 from __future__ import annotations
 
+import importlib
 import sys
 
+# command -> (module, function)
 COMMANDS = {
-    "train": "trl_diversity.train",
+    "train": ("trl_diversity.train", "main"),
+    "generate": ("trl_diversity.commands", "generate"),
+    "evaluate": ("trl_diversity.commands", "evaluate"),
+    "merge": ("trl_diversity.commands", "merge"),
+    "sweep": ("trl_diversity.commands", "sweep"),
 }
 
 USAGE = """usage: trl-diversity <command> [arguments]
@@ -16,6 +22,11 @@ USAGE = """usage: trl-diversity <command> [arguments]
 commands:
   train [recipe.yaml] [--flag value ...]   finetune with diversity-rewarded CFG distillation
                                            (no arguments: the default offline job)
+  generate --model M --output F.jsonl      sample k completions per prompt, with or without CFG
+  evaluate F.jsonl [...] --output R.json   quality, diversity and cost per model, with 95% CIs
+  merge A B --weight W --output DIR        (1 - W) * A + W * B, for checkpoints or LoRA adapters
+  sweep --quality_model A --diversity_model B --output DIR
+                                           CFG sweep vs. merge sweep: table, fronts, hypervolume, plot
 
 Run `trl-diversity <command> --help` for the arguments of a command."""
 
@@ -28,9 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         sys.exit(f"trl-diversity: unknown command {command!r}.\n\n{USAGE}")
-    import importlib
-
-    importlib.import_module(COMMANDS[command]).main(rest)
+    module, function = COMMANDS[command]
+    getattr(importlib.import_module(module), function)(rest)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,21 @@
 
 CFG uses transformers' built-in support (`guidance_scale` with `negative_prompt_ids`, i.e.
 `UnbatchedClassifierFreeGuidanceLogitsProcessor`): the unconditional branch is the same null context the trainer's
-teacher uses, followed by the tokens sampled so far. Two forward passes per generated token instead of one.
+teacher uses, followed by the tokens sampled so far. That costs two forward passes per generated token instead of one.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .defaults import resolve_model
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> list[int]:
@@ -29,8 +36,30 @@ def unconditional_ids(tokenizer: PreTrainedTokenizerBase, null_prompt: str, chat
     return ids
 
 
+def load_generation_model(path: str, base: str | None = None, device: str | None = None):
+    """A causal LM and its tokenizer from a full checkpoint, or from a LoRA adapter on its base (or `base`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(resolve_model(path))
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = base or json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base_path = resolve_model(base)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), folder)
+        model = model.merge_and_unload()  # plain weights: generation as fast as the base model's
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder if (folder / "tokenizer_config.json").is_file() else base_path
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
 @torch.no_grad()
-def sample_completions(
+def generate_records(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
@@ -41,26 +70,32 @@ def sample_completions(
     chat: bool = True,
     temperature: float = 1.0,
     seed: int | None = 0,
+    prompts_per_batch: int = 4,
+    label: str = "model",
     progress: bool = True,
-    description: str = "generating",
-) -> list[list[str]]:
-    """`num_samples` completions for each prompt (one prompt's samples per `generate` call)."""
+) -> Iterator[dict]:
+    """Yield one record per completion: prompt, sample index, completion (text and ids), settings and cost."""
     if seed is not None:
         torch.manual_seed(seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
     null_ids = unconditional_ids(tokenizer, null_prompt, chat) if guidance_scale != 1.0 else None
-    model.eval()
     device = next(model.parameters()).device
-    results = []
-    for prompt in tqdm(prompts, desc=description, disable=not progress):
-        ids = torch.tensor([render_prompt(tokenizer, prompt, chat)] * num_samples, device=device)
+    bar = tqdm(total=len(prompts) * num_samples, desc=label, unit="sample", disable=not progress)
+    for start in range(0, len(prompts), prompts_per_batch):
+        batch_prompts = prompts[start : start + prompts_per_batch]
+        rows = [render_prompt(tokenizer, p, chat) for p in batch_prompts for _ in range(num_samples)]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)  # left padding
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         kwargs = {}
         if null_ids is not None:
-            negative = torch.tensor([null_ids] * num_samples, device=device)
-            kwargs = {"guidance_scale": guidance_scale, "negative_prompt_ids": negative}
+            kwargs = {"guidance_scale": guidance_scale, "negative_prompt_ids": torch.tensor([null_ids] * len(rows))}
+            kwargs["negative_prompt_ids"] = kwargs["negative_prompt_ids"].to(device)
+        started = time.perf_counter()
         output = model.generate(
             input_ids=ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=mask,
             do_sample=True,
             temperature=temperature,
             top_k=0,
@@ -69,5 +104,59 @@ def sample_completions(
             pad_token_id=pad_id,
             **kwargs,
         )
-        results.append(tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True))
-    return results
+        seconds = time.perf_counter() - started
+        completions = [_strip(row.tolist(), eos_ids) for row in output[:, width:]]
+        total_tokens = max(sum(len(c) for c in completions), 1)
+        for i, completion_ids in enumerate(completions):
+            yield {
+                "model": label,
+                "prompt": batch_prompts[i // num_samples],
+                "sample": i % num_samples,
+                "completion": tokenizer.decode(completion_ids, skip_special_tokens=True),
+                "completion_ids": completion_ids,
+                "guidance_scale": guidance_scale,
+                "temperature": temperature,
+                "max_new_tokens": max_new_tokens,
+                "forward_passes_per_token": 2 if null_ids is not None else 1,
+                # the batch's time, shared out by token count
+                "seconds": seconds * len(completion_ids) / total_tokens,
+            }
+        bar.update(len(rows))
+    bar.close()
+
+
+def sample_completions(model, tokenizer, prompts: list[str], num_samples: int = 4, **kwargs) -> list[list[str]]:
+    """Completion texts grouped by prompt: `[len(prompts)][num_samples]`."""
+    groups: dict[str, list[str]] = {p: [] for p in prompts}
+    for record in generate_records(model, tokenizer, prompts, num_samples=num_samples, **kwargs):
+        groups[record["prompt"]].append(record["completion"])
+    return [groups[p] for p in prompts]
+
+
+def write_jsonl(records, path: str | Path) -> Path:
+    """Write records to a JSONL file atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    with staging.open("w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    staging.replace(path)
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _as_list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+def _strip(ids: list[int], eos_ids: set[int]) -> list[int]:
+    """Cut a sampled row at its first end-of-sequence token; `generate` pads only after one."""
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[:position]
+    return ids

@@ -39,7 +39,7 @@ class BeforeAfterReport:
             chat=self.chat,
             temperature=self.args.temperature,
             seed=self.args.seed,
-            description=name,
+            label=name,
         )
         self.rows.append(
             {

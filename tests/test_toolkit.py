@@ -1,0 +1,141 @@
+import json
+
+import torch
+from tiny import save_tiny_checkpoint
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trl_diversity import cli
+from trl_diversity.generation import generate_records, read_jsonl, render_prompt
+from trl_diversity.sweep import SweepSettings, run_sweep
+
+PROMPTS = ["write a short poem about the sea", "describe a quiet morning in a small town"]
+
+
+def test_cfg_generation_at_scale_one_equals_plain_sampling(tiny_checkpoint):
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    ids = torch.tensor([render_prompt(tokenizer, PROMPTS[0], chat=True)] * 3)
+    negative = torch.tensor([render_prompt(tokenizer, "", chat=True)] * 3)
+
+    def sample(**kwargs):
+        torch.manual_seed(7)
+        return model.generate(input_ids=ids, do_sample=True, max_new_tokens=10, top_k=0, **kwargs)
+
+    plain = sample()
+    assert torch.equal(sample(guidance_scale=1.0, negative_prompt_ids=negative), plain)
+    assert not torch.equal(sample(guidance_scale=3.0, negative_prompt_ids=negative), plain)
+
+
+def test_records_carry_settings_and_cost(tiny_checkpoint):
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    records = list(
+        generate_records(
+            model,
+            tokenizer,
+            PROMPTS,
+            num_samples=3,
+            max_new_tokens=6,
+            guidance_scale=2.0,
+            prompts_per_batch=2,
+            progress=False,
+        )
+    )
+    assert len(records) == 6 and [r["sample"] for r in records] == [0, 1, 2, 0, 1, 2]
+    assert {r["prompt"] for r in records} == set(PROMPTS)
+    assert all(r["forward_passes_per_token"] == 2 and r["guidance_scale"] == 2.0 for r in records)
+    assert all(len(r["completion_ids"]) <= 6 and r["seconds"] >= 0 for r in records)
+
+
+def test_generate_then_evaluate_commands(tiny_checkpoint, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    common = ["--prompts", str(prompts), "--num_samples", "3", "--max_new_tokens", "6"]
+    cli.main(
+        ["generate", "--model", tiny_checkpoint, "--label", "plain", "--output", str(tmp_path / "a.jsonl"), *common]
+    )
+    cli.main(
+        [
+            "generate",
+            "--model",
+            tiny_checkpoint,
+            "--guidance_scale",
+            "2",
+            "--label",
+            "cfg",
+            "--output",
+            str(tmp_path / "b.jsonl"),
+            *common,
+        ]
+    )
+    assert len(read_jsonl(tmp_path / "a.jsonl")) == 6
+    cli.main(
+        [
+            "evaluate",
+            str(tmp_path / "a.jsonl"),
+            str(tmp_path / "b.jsonl"),
+            "--fluency_model",
+            tiny_checkpoint,
+            "--reward",
+            "test_toolkit:length_reward",
+            "--output",
+            str(tmp_path / "eval.json"),
+        ]
+    )
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert set(summary) == {"plain", "cfg"}
+    for entry in summary.values():
+        for name in (
+            "adherence",
+            "fluency_nll",
+            "reward",
+            "pairwise_diversity",
+            "vendi",
+            "distinct_1",
+            "distinct_2",
+            "self_bleu",
+        ):
+            metric = entry["metrics"][name]
+            assert metric["low"] <= metric["mean"] <= metric["high"], name
+        assert 1.0 <= entry["metrics"]["vendi"]["mean"] <= 3.0
+    assert summary["cfg"]["forward_passes_per_token"] == 2 and summary["plain"]["forward_passes_per_token"] == 1
+    assert "| cfg |" in (tmp_path / "eval.md").read_text()
+
+
+def length_reward(prompts, completions, **kwargs):
+    return [len(c.split()) for c in completions]
+
+
+def test_sweep_end_to_end_and_cached(tiny_checkpoint, tmp_path, monkeypatch):
+    a, b = save_tiny_checkpoint(tmp_path / "quality", seed=1), save_tiny_checkpoint(tmp_path / "diversity", seed=2)
+    settings = SweepSettings(
+        base=tiny_checkpoint,
+        model_a=str(a),
+        model_b=str(b),
+        output_dir=str(tmp_path / "sweep"),
+        prompts=PROMPTS,
+        guidance_scales=[1.0, 2.0],
+        weights=[0.0, 1.0],
+        num_samples=3,
+        max_new_tokens=6,
+    )
+    result = run_sweep(settings)
+    assert [p["label"] for p in result["points"]] == ["CFG 1", "CFG 2", "LERP w=0", "LERP w=1"]
+    assert any(p["pareto_overall"] for p in result["points"])
+    assert set(result["fronts"]) == {"cfg", "merge"}
+    assert all(front["hypervolume"] >= 0 for front in result["fronts"].values())
+    out = tmp_path / "sweep"
+    assert (out / "sweep.png").stat().st_size > 10_000 and "Hypervolume" in (out / "sweep.md").read_text()
+
+    # One more merge weight: only that point is generated again.
+    import trl_diversity.sweep as sweep_module
+
+    generated = []
+    real = sweep_module.generate_records
+    monkeypatch.setattr(
+        sweep_module, "generate_records", lambda *a, **k: generated.append(k["label"]) or real(*a, **k)
+    )
+    settings.weights = [0.0, 0.5, 1.0]
+    result = run_sweep(settings)
+    assert generated == ["LERP w=0.5"]
+    assert len(result["points"]) == 5

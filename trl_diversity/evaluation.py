@@ -1,0 +1,138 @@
+"""Evaluate generation records (see `generation.generate_records`) per model, with bootstrap CIs over prompts."""
+
+from __future__ import annotations
+
+import importlib
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+
+from .diversity import pairwise_dissimilarity
+from .embedder import embed
+from .generation import render_prompt
+from .metrics import bootstrap_ci, completion_nll, distinct_n, self_bleu, vendi_score
+
+# name -> (better, description); the order of the report's columns
+METRICS = {
+    "adherence": ("higher", "prompt adherence: embedding cosine of prompt and completion"),
+    "fluency_nll": ("lower", "per-token NLL under the unguided base model"),
+    "reward": ("higher", "user reward model or function"),
+    "pairwise_diversity": ("higher", "mean pairwise 1 - cos between a prompt's samples"),
+    "vendi": ("higher", "Vendi score (effective number of distinct samples)"),
+    "distinct_1": ("higher", "unique unigrams / unigrams"),
+    "distinct_2": ("higher", "unique bigrams / bigrams"),
+    "self_bleu": ("lower", "mean BLEU of each sample against the others"),
+}
+
+
+def group_records(records: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """model label -> prompt -> its records, in first-seen order."""
+    grouped: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        grouped[record["model"]][record["prompt"]].append(record)
+    return grouped
+
+
+def per_prompt_metrics(
+    by_prompt: dict[str, list[dict]],
+    embedder,
+    fluency: tuple | None = None,
+    reward: Callable | None = None,
+    chat: bool = True,
+) -> dict[str, list[float]]:
+    """Every metric for each prompt of one model. `fluency` is `(base_model, tokenizer)` or None."""
+    prompts = list(by_prompt)
+    samples = [[r["completion"] for r in by_prompt[p]] for p in prompts]
+    k = min(len(s) for s in samples)
+    if k < 2:
+        raise ValueError("Diversity needs at least 2 samples per prompt; generate with num_samples >= 2.")
+    samples = [s[:k] for s in samples]
+    flat = [text for group in samples for text in group]
+    completion_vectors = torch.nn.functional.normalize(embed(embedder, flat), dim=-1).view(len(prompts), k, -1)
+    prompt_vectors = torch.nn.functional.normalize(embed(embedder, prompts), dim=-1)
+    dissimilarity = pairwise_dissimilarity(completion_vectors.reshape(len(flat), -1), k)
+    metrics = {
+        "adherence": (completion_vectors @ prompt_vectors.unsqueeze(-1)).squeeze(-1).mean(-1).tolist(),
+        "pairwise_diversity": (dissimilarity.sum((-1, -2)) / (k * (k - 1))).tolist(),
+        "vendi": [vendi_score(v) for v in completion_vectors],
+        "distinct_1": [distinct_n(s, 1) for s in samples],
+        "distinct_2": [distinct_n(s, 2) for s in samples],
+        "self_bleu": [self_bleu(s) for s in samples],
+    }
+    if fluency is not None:
+        model, tokenizer = fluency
+        metrics["fluency_nll"] = [
+            _nanmean(
+                completion_nll(model, render_prompt(tokenizer, p, chat), r["completion_ids"]) for r in by_prompt[p][:k]
+            )
+            for p in prompts
+        ]
+    if reward is not None:
+        scores = reward(prompts=[p for p in prompts for _ in range(k)], completions=flat)
+        metrics["reward"] = torch.tensor(scores, dtype=torch.float64).view(len(prompts), k).mean(-1).tolist()
+    return metrics
+
+
+def summarize(records: list[dict], embedder, fluency=None, reward=None, chat: bool = True) -> dict[str, dict]:
+    """Per model: each metric's mean and 95% bootstrap CI over prompts, and the generation cost."""
+    summary = {}
+    for label, by_prompt in group_records(records).items():
+        metrics = per_prompt_metrics(by_prompt, embedder, fluency, reward, chat)
+        rows = [r for rs in by_prompt.values() for r in rs]
+        tokens = sum(len(r.get("completion_ids", [])) for r in rows)
+        seconds = sum(r.get("seconds", 0.0) for r in rows)
+        summary[label] = {
+            "metrics": {
+                name: dict(zip(("mean", "low", "high"), bootstrap_ci(values))) for name, values in metrics.items()
+            },
+            "per_prompt": metrics,
+            "num_prompts": len(by_prompt),
+            "samples_per_prompt": min(len(rs) for rs in by_prompt.values()),
+            "guidance_scale": rows[0].get("guidance_scale"),
+            "forward_passes_per_token": max(r.get("forward_passes_per_token", 1) for r in rows),
+            "tokens_per_second": tokens / seconds if seconds > 0 else None,
+        }
+    return summary
+
+
+def markdown_table(summary: dict[str, dict]) -> str:
+    names = [m for m in METRICS if any(m in s["metrics"] for s in summary.values())]
+    header = ["model", *(f"{m} ({'↑' if METRICS[m][0] == 'higher' else '↓'})" for m in names)]
+    header += ["forward passes / token", "tokens / s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, entry in summary.items():
+        cells = [label]
+        for name in names:
+            m = entry["metrics"].get(name)
+            cells.append("" if m is None else f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]")
+        speed = entry["tokens_per_second"]
+        cells += [str(entry["forward_passes_per_token"]), "" if speed is None else f"{speed:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Means over prompts with 95% bootstrap confidence intervals in brackets.")
+    return "\n".join(lines)
+
+
+def load_reward(spec: str) -> Callable:
+    """`module:function` (called like a GRPO reward function) or a sequence-classification reward model."""
+    if ":" in spec and not spec.startswith(("/", ".")):
+        module, name = spec.split(":", 1)
+        return getattr(importlib.import_module(module), name)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(spec, num_labels=1).eval()
+    tokenizer = AutoTokenizer.from_pretrained(spec)
+
+    @torch.no_grad()
+    def reward_model(prompts, completions, **kwargs):
+        texts = [f"{p}\n{c}" for p, c in zip(prompts, completions)]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+        return model(**inputs).logits[:, 0].tolist()
+
+    return reward_model
+
+
+def _nanmean(values) -> float:
+    values = [v for v in values if v == v]
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,58 @@
+"""The quality-diversity plot of a sweep: every point with its 95% CIs, and each family's Pareto front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FAMILIES = {
+    "cfg": ("CFG on the base model (2 passes / token)", "tab:red", "s"),
+    "merge": ("LERP of the finetunes (1 pass / token)", "tab:blue", "o"),
+}
+
+
+def plot_fronts(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on the machines that run sweeps
+    import matplotlib.pyplot as plt
+
+    quality, diversity = result["quality_axis"], result["diversity_axis"]
+    figure, axes = plt.subplots(figsize=(7, 5.5))
+    for family, (name, color, marker) in FAMILIES.items():
+        points = [p for p in result["points"] if p["family"] == family]
+        if not points:
+            continue
+        xs = [p["metrics"][quality]["mean"] for p in points]
+        ys = [p["metrics"][diversity]["mean"] for p in points]
+        xerr = [
+            [x - p["metrics"][quality]["low"] for x, p in zip(xs, points)],
+            [p["metrics"][quality]["high"] - x for x, p in zip(xs, points)],
+        ]
+        yerr = [
+            [y - p["metrics"][diversity]["low"] for y, p in zip(ys, points)],
+            [p["metrics"][diversity]["high"] - y for y, p in zip(ys, points)],
+        ]
+        axes.errorbar(
+            xs,
+            ys,
+            xerr=xerr,
+            yerr=yerr,
+            fmt=marker,
+            color=color,
+            alpha=0.85,
+            capsize=3,
+            label=f"{name}, HV {result['fronts'][family]['hypervolume']:.3f}",
+        )
+        front = sorted((x, y) for x, y, p in zip(xs, ys, points) if p["pareto_in_family"])
+        axes.plot([x for x, _ in front], [y for _, y in front], "-", color=color, linewidth=1.5)
+        for x, y, p in zip(xs, ys, points):
+            axes.annotate(p["label"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color=color)
+    axes.set_xlabel(f"quality: {quality.replace('_', ' ')} (higher is better)")
+    axes.set_ylabel(f"diversity: {diversity.replace('_', ' ')} (higher is better)")
+    axes.set_title(f"Quality-diversity fronts ({result['num_prompts']} prompts, 95% CIs; lines: Pareto fronts)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
