@@ -31,6 +31,7 @@ from .embedder import completion_text, embed, load_embedder
 from .hidden_states import capture_last_hidden_state, language_model
 from .normalization import reduce_like_grpo
 from .teacher import guided_teacher_hidden_states
+from .validation import check_chat_template, check_prompt_dataset
 
 TEACHER_ADAPTER = "cfg_teacher"
 
@@ -83,6 +84,10 @@ class DiversityCFGTrainer(GRPOTrainer):
                 "Nothing to train on: distill_coef=0 and diversity_coef=0, and no reward_funcs were given. Set "
                 "distill_coef > 0 (CFG distillation), diversity_coef > 0 (diversity reward), or pass reward_funcs."
             )
+        check_prompt_dataset(train_dataset)
+        evaluation_sets = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
+        for split, dataset in evaluation_sets.items():
+            check_prompt_dataset(dataset, f"eval_dataset[{split!r}]" if split else "eval_dataset")
         if (
             args.teacher_model is not None
             and _looks_local(args.teacher_model)
@@ -140,6 +145,7 @@ class DiversityCFGTrainer(GRPOTrainer):
             )
         finally:
             args.reward_weights = user_weights
+        check_chat_template(train_dataset, self._tokenizer)
 
         self._unconditional_ids_cache: dict[bool, list[int]] = {}
         self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation

@@ -1,0 +1,48 @@
+"""Checks of the user's inputs that fail fast, with the problem and the fix, before any model work starts."""
+
+from __future__ import annotations
+
+from datasets import Dataset, IterableDataset
+from trl.data_utils import is_conversational
+
+
+def check_prompt_dataset(dataset, name: str = "train_dataset") -> None:
+    """A `prompt` column with no empty prompt (standard strings or conversational message lists)."""
+    if dataset is None or not isinstance(dataset, (Dataset, IterableDataset)):
+        return
+    columns = dataset.column_names
+    if columns is not None and "prompt" not in columns:
+        raise ValueError(
+            f"{name} has no `prompt` column (its columns: {columns}). Rename the column holding the prompts to "
+            "`prompt` (for example `dataset.rename_column('question', 'prompt')`)."
+        )
+    if not isinstance(dataset, Dataset):
+        return  # a stream cannot be scanned up front
+    for index, prompt in enumerate(dataset["prompt"]):
+        text = prompt if isinstance(prompt, str) else " ".join(_contents(prompt))
+        if not text.strip():
+            raise ValueError(
+                f"{name} row {index} has an empty prompt. CFG contrasts the prompt with an empty one, so an empty "
+                "prompt teaches nothing; remove such rows (e.g. `dataset.filter(lambda r: r['prompt'])`)."
+            )
+
+
+def check_chat_template(dataset, tokenizer, name: str = "train_dataset") -> None:
+    """Conversational prompts need a tokenizer that can render them."""
+    if not isinstance(dataset, Dataset) or len(dataset) == 0:
+        return
+    if is_conversational(dataset[0]) and getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            f"{name} holds conversational prompts (lists of messages) but the tokenizer has no chat template. Use "
+            "an instruct model's tokenizer, set `tokenizer.chat_template`, or pass the prompts as plain strings."
+        )
+
+
+def _contents(messages) -> list[str]:
+    parts = []
+    for message in messages or []:
+        content = message.get("content", "") if isinstance(message, dict) else ""
+        if isinstance(content, list):
+            content = " ".join(block.get("text", "") for block in content if isinstance(block, dict))
+        parts.append(content or "")
+    return parts
