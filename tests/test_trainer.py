@@ -192,3 +192,18 @@ def test_separate_teacher_checkpoint_is_used(tiny_checkpoint, tmp_path):
     reference = AutoModelForCausalLM.from_pretrained(teacher_path)
     assert torch.equal(teacher.lm_head.weight, reference.lm_head.weight)
     trainer.train()
+
+
+def test_teacher_hidden_states_do_not_depend_on_the_row_chunking(tiny_checkpoint):
+    from trl_diversity.teacher import guided_teacher_hidden_states
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    prompt_ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12], [0, 13, 14, 15, 16]])
+    prompt_mask = (prompt_ids != 0).long()
+    completion_ids = torch.tensor([[20, 21, 22], [23, 24, 0], [25, 0, 0]])
+    completion_mask = (completion_ids != 0).long()
+    arguments = (teacher, prompt_ids, prompt_mask, completion_ids, completion_mask, [2, 3], 2.0, 0)
+    together = guided_teacher_hidden_states(*arguments)
+    one_by_one = guided_teacher_hidden_states(*arguments, batch_size=1)
+    assert together.shape == (3, 3, teacher.config.hidden_size)
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-5)
