@@ -74,6 +74,14 @@ class DiversityCFGConfig(GRPOConfig):
         },
     )
 
+    max_nonfinite_steps: int = field(
+        default=3,
+        metadata={
+            "help": "An optimizer step with NaN/inf gradients is skipped (weights untouched); this many in a row "
+            "stop the training with an error instead of saving a corrupted model."
+        },
+    )
+
     def __post_init__(self):
         # Checked before GRPO's own checks, so that the most specific message is the one users see.
         if self.distill_divergence not in DIVERGENCES:
@@ -86,6 +94,8 @@ class DiversityCFGConfig(GRPOConfig):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}. Use 0 to turn the term off.")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be at least 1, got {self.max_nonfinite_steps}.")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale <= 0:
             raise ValueError(
                 f"guidance_scale must be a finite number > 0, got {self.guidance_scale}. 1.0 means no guidance; "

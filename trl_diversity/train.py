@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
+    if trainer.interrupted:
+        if trainer.accelerator.is_main_process:
+            print(
+                f"Interrupted at step {trainer.state.global_step}; a checkpoint was saved in "
+                f"{training_args.output_dir}. Resume with the same command plus --resume_from_checkpoint true."
+            )
+        return
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(f"Saved the finetuned {'adapter' if model_args.use_peft else 'model'} to {training_args.output_dir}")

@@ -30,6 +30,7 @@ from .diversity import diversity_advantages, group_diversity_rewards
 from .embedder import completion_text, embed, load_embedder
 from .hidden_states import capture_last_hidden_state, language_model
 from .normalization import reduce_like_grpo
+from .safety import NonFiniteStepGuard, SignalCheckpoint
 from .teacher import guided_teacher_hidden_states
 from .validation import check_chat_template, check_prompt_dataset
 
@@ -146,6 +147,9 @@ class DiversityCFGTrainer(GRPOTrainer):
         finally:
             args.reward_weights = user_weights
         check_chat_template(train_dataset, self._tokenizer)
+        self.interrupted = False  # set when SIGINT/SIGTERM stopped the run after saving a checkpoint
+        self.add_callback(NonFiniteStepGuard(self, args.max_nonfinite_steps))
+        self.add_callback(SignalCheckpoint(self))
 
         self._unconditional_ids_cache: dict[bool, list[int]] = {}
         self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation
