@@ -98,6 +98,7 @@ def evaluate(argv: list[str]) -> None:
     parser.add_argument("--output", required=True, help="JSON file to write (a .md table is written beside it)")
     args = parser.parse_args(argv)
 
+    from .atomic import write_text_atomic
     from .embedder import load_embedder
     from .evaluation import load_reward, markdown_table, summarize
     from .generation import load_generation_model, read_jsonl
@@ -108,10 +109,9 @@ def evaluate(argv: list[str]) -> None:
     fluency = None if args.fluency_model.lower() == "none" else load_generation_model(args.fluency_model)
     summary = summarize(records, embedder, fluency=fluency, reward=reward, chat=not args.no_chat)
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2))
+    write_text_atomic(output, json.dumps(summary, indent=2))
     table = markdown_table(summary)
-    output.with_suffix(".md").write_text(table + "\n")
+    write_text_atomic(output.with_suffix(".md"), table + "\n")
     print(table)
 
 

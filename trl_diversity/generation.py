@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .atomic import write_text_atomic
 from .defaults import resolve_model
 
 
@@ -135,14 +136,7 @@ def sample_completions(model, tokenizer, prompts: list[str], num_samples: int = 
 
 def write_jsonl(records, path: str | Path) -> Path:
     """Write records to a JSONL file atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    with staging.open("w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    staging.replace(path)
-    return path
+    return write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_folder
 from .defaults import resolve_model
 
 # Config keys that may differ between two finetunes of the same architecture.
@@ -56,12 +55,12 @@ def lerp_merge(
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it.")
     kinds = {_kind(a), _kind(b)}
     if kinds == {"adapter"}:
-        with _atomic_folder(output) as staging:
+        with atomic_folder(output) as staging:
             _merge_adapters(a, b, weight, staging, base, merged)
     elif kinds == {"full"}:
         _check_same_tokenizer(a, b)
         plan = _plan_full_merge(a, b)
-        with _atomic_folder(output) as staging:
+        with atomic_folder(output) as staging:
             _merge_full(plan, a, weight, staging)
     else:
         raise MergeError(f"Cannot interpolate a {_kind(a)} ({a}) with a {_kind(b)} ({b}): pass two of the same kind.")
@@ -74,20 +73,6 @@ def _kind(folder: Path) -> str:
     if (folder / "config.json").is_file() and list(folder.glob("*.safetensors")):
         return "full"
     raise MergeError(f"{folder} is neither a LoRA adapter nor a safetensors checkpoint folder.")
-
-
-@contextmanager
-def _atomic_folder(target: Path):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------------------------

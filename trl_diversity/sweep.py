@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .atomic import write_text_atomic
 from .evaluation import summarize
 from .generation import generate_records, load_generation_model, write_jsonl
 from .merging import lerp_merge
@@ -145,7 +146,7 @@ def finish(points: list[dict], settings: SweepSettings) -> dict:
         "points": [{k: v for k, v in p.items() if k != "per_prompt"} for p in points],
     }
     _write_json(out / "sweep.json", result)
-    (out / "sweep.md").write_text(sweep_markdown(result) + "\n")
+    write_text_atomic(out / "sweep.md", sweep_markdown(result) + "\n")
     from .plotting import plot_fronts
 
     plot_fronts(result, out / "sweep.png")
@@ -181,6 +182,4 @@ def sweep_markdown(result: dict) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(data, indent=2))
-    staging.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2))

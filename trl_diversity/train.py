@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_text_atomic
 from .config import DiversityCFGConfig
 from .data import load_prompts
 from .defaults import resolve_model
@@ -166,8 +167,8 @@ def main(argv: list[str] | None = None) -> None:
             table = report.markdown()
             print(table)
             out = Path(training_args.output_dir)
-            (out / "before_after.md").write_text(table + "\n")
-            (out / "before_after.json").write_text(json.dumps(report.rows, indent=2) + "\n")
+            write_text_atomic(out / "before_after.md", table + "\n")
+            write_text_atomic(out / "before_after.json", json.dumps(report.rows, indent=2) + "\n")
 
 
 def _resume_argument(value: str | None) -> str | bool | None:

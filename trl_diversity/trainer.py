@@ -157,6 +157,11 @@ class DiversityCFGTrainer(GRPOTrainer):
         if args.distill_coef > 0:
             self._set_up_teacher(initial_policy, user_adapter_model)
 
+    def _send_telemetry(self):
+        # TRL pings the hub with usage telemetry when a trainer is built. This project makes no network call the
+        # user did not ask for (its default path runs with no hub at all), so the ping is off. README: "Offline".
+        return
+
     # ----------------------------------------------------------------------------------------------------------------
     # Teacher
 

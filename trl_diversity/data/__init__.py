@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
 DATA_DIR = Path(__file__).resolve().parent
 SPLITS = ("train", "eval")
@@ -23,7 +23,8 @@ def prompts_file(split: str) -> Path:
 
 def load_prompts(split: str = "train", conversational: bool = False, limit: int | None = None) -> Dataset:
     """Load a bundled prompt split; `limit` keeps the first prompts (the files interleave the forms)."""
-    dataset = load_dataset("json", data_files=str(prompts_file(split)), split="train")
+    # Dataset.from_json, unlike load_dataset("json", ...), reads the file without asking a hub for a loading script
+    dataset = Dataset.from_json(str(prompts_file(split)))
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     if conversational:
