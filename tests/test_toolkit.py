@@ -139,3 +139,34 @@ def test_sweep_end_to_end_and_cached(tiny_checkpoint, tmp_path, monkeypatch):
     result = run_sweep(settings)
     assert generated == ["LERP w=0.5"]
     assert len(result["points"]) == 5
+
+
+def test_evaluate_can_generate_first(tiny_checkpoint, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    cli.main(
+        [
+            "evaluate",
+            "--model",
+            tiny_checkpoint,
+            "--guidance_scale",
+            "2",
+            "--prompts",
+            str(prompts),
+            "--num_samples",
+            "2",
+            "--max_new_tokens",
+            "5",
+            "--fluency_model",
+            "none",
+            "--save_generations",
+            str(tmp_path / "gens.jsonl"),
+            "--output",
+            str(tmp_path / "eval.json"),
+        ]
+    )
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    (entry,) = summary.values()
+    assert entry["forward_passes_per_token"] == 2 and entry["num_prompts"] == 2
+    assert "fluency_nll" not in entry["metrics"]
+    assert len(read_jsonl(tmp_path / "gens.jsonl")) == 4

@@ -79,7 +79,15 @@ def evaluate(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="trl-diversity evaluate", description="Quality, diversity and cost of generations, per model."
     )
-    parser.add_argument("generations", nargs="+", help="JSONL files written by `trl-diversity generate`")
+    parser.add_argument("generations", nargs="*", help="JSONL files written by `trl-diversity generate`")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="also generate from this model first (repeatable; uses the prompt and CFG options)",
+    )
+    parser.add_argument("--guidance_scale", type=float, default=1.0, help="CFG scale for --model generations")
+    parser.add_argument("--save_generations", default=None, help="JSONL file for the --model generations")
     parser.add_argument(
         "--embedder",
         default=None,
@@ -94,9 +102,11 @@ def evaluate(argv: list[str]) -> None:
         default=None,
         help="reward model folder/hub id, or module:function called like a GRPO reward function",
     )
-    parser.add_argument("--no_chat", action="store_true", help="the generations used plain-text prompts")
     parser.add_argument("--output", required=True, help="JSON file to write (a .md table is written beside it)")
+    _prompt_arguments(parser)
     args = parser.parse_args(argv)
+    if not args.generations and not args.model:
+        parser.error("give generation files, or --model to generate from")
 
     from .atomic import write_text_atomic
     from .embedder import load_embedder
@@ -104,6 +114,30 @@ def evaluate(argv: list[str]) -> None:
     from .generation import load_generation_model, read_jsonl
 
     records = [r for path in args.generations for r in read_jsonl(path)]
+    if args.model:
+        from .generation import generate_records, write_jsonl
+
+        prompts = load_prompt_list(args.prompts, args.num_prompts)
+        generated = []
+        for name in args.model:
+            model, tokenizer = load_generation_model(name)
+            label = name if args.guidance_scale == 1 else f"{name} + CFG {args.guidance_scale:g}"
+            generated += generate_records(
+                model,
+                tokenizer,
+                prompts,
+                num_samples=args.num_samples,
+                max_new_tokens=args.max_new_tokens,
+                guidance_scale=args.guidance_scale,
+                null_prompt=args.unconditional_prompt,
+                chat=not args.no_chat,
+                temperature=args.temperature,
+                seed=args.seed,
+                label=label,
+            )
+        if args.save_generations:
+            write_jsonl(generated, args.save_generations)
+        records += generated
     embedder = load_embedder(args.embedder, device="cpu")
     reward = load_reward(args.reward) if args.reward else None
     fluency = None if args.fluency_model.lower() == "none" else load_generation_model(args.fluency_model)
