@@ -110,3 +110,16 @@ def test_a_signal_saves_a_checkpoint_that_resumes(tiny_checkpoint, tmp_path, sig
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "adapter_config.json").is_file()
     assert "Interrupted" not in resumed.stdout
+
+
+def test_empty_or_identical_completions_get_finite_zero_diversity(tiny_checkpoint, tmp_path):
+    from trl_diversity import diversity_advantages
+
+    trainer = make_trainer(tiny_checkpoint, tmp_path)
+    trainer.model.train()
+    for completions in (["", "", "", ""] * 2, ["the same words"] * 8):
+        rewards = trainer.diversity(prompts=["p"] * 8, completions=completions)
+        assert torch.isfinite(torch.tensor(rewards)).all()
+        assert max(abs(r) for r in rewards) < 1e-5  # identical samples: zero diversity, not NaN
+        advantages = diversity_advantages(trainer._latest_diversity_rewards, 4)
+        assert torch.isfinite(advantages).all()
