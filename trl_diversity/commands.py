@@ -20,6 +20,7 @@ def _prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unconditional_prompt", default="", help="the null condition of CFG's unconditional branch")
     parser.add_argument("--no_chat", action="store_true", help="plain-text prompts instead of the chat template")
+    parser.add_argument("--prompts_per_batch", type=int, default=4, help="prompts sampled together in one batch")
 
 
 def load_prompt_list(spec: str, limit: int | None) -> list[str]:
@@ -40,6 +41,30 @@ def load_prompt_list(spec: str, limit: int | None) -> list[str]:
     return list(prompts[:limit] if limit else prompts)
 
 
+def _generate(args, name: str, prompts: list[str], base: str | None = None, label: str | None = None) -> list[dict]:
+    """Records of `name`'s samples, with the prompt and CFG options of `args`."""
+    from .generation import generate_records, load_generation_model
+
+    model, tokenizer = load_generation_model(name, base)
+    label = label or (name if args.guidance_scale == 1 else f"{name} + CFG {args.guidance_scale:g}")
+    return list(
+        generate_records(
+            model,
+            tokenizer,
+            prompts,
+            num_samples=args.num_samples,
+            max_new_tokens=args.max_new_tokens,
+            guidance_scale=args.guidance_scale,
+            null_prompt=args.unconditional_prompt,
+            chat=not args.no_chat,
+            temperature=args.temperature,
+            seed=args.seed,
+            prompts_per_batch=args.prompts_per_batch,
+            label=label,
+        )
+    )
+
+
 def generate(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="trl-diversity generate", description="Sample k completions per prompt.")
     parser.add_argument(
@@ -47,31 +72,15 @@ def generate(argv: list[str]) -> None:
     )
     parser.add_argument("--base", default=None, help="base model of a LoRA adapter (default: from its config)")
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="CFG scale; 1 = no guidance")
-    parser.add_argument("--prompts_per_batch", type=int, default=4)
     parser.add_argument("--label", default=None, help="model name recorded in the output (default: --model)")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     _prompt_arguments(parser)
     args = parser.parse_args(argv)
 
-    from .generation import generate_records, load_generation_model, write_jsonl
+    from .generation import write_jsonl
 
     prompts = load_prompt_list(args.prompts, args.num_prompts)  # checked before the model loads
-    model, tokenizer = load_generation_model(args.model, args.base)
-    label = args.label or (args.model if args.guidance_scale == 1 else f"{args.model} + CFG {args.guidance_scale:g}")
-    records = generate_records(
-        model,
-        tokenizer,
-        prompts,
-        num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        guidance_scale=args.guidance_scale,
-        null_prompt=args.unconditional_prompt,
-        chat=not args.no_chat,
-        temperature=args.temperature,
-        seed=args.seed,
-        prompts_per_batch=args.prompts_per_batch,
-        label=label,
-    )
+    records = _generate(args, args.model, prompts, base=args.base, label=args.label)
     print(f"Wrote {write_jsonl(records, args.output)}")
 
 
@@ -115,26 +124,10 @@ def evaluate(argv: list[str]) -> None:
 
     records = [r for path in args.generations for r in read_jsonl(path)]
     if args.model:
-        from .generation import generate_records, write_jsonl
+        from .generation import write_jsonl
 
         prompts = load_prompt_list(args.prompts, args.num_prompts)
-        generated = []
-        for name in args.model:
-            model, tokenizer = load_generation_model(name)
-            label = name if args.guidance_scale == 1 else f"{name} + CFG {args.guidance_scale:g}"
-            generated += generate_records(
-                model,
-                tokenizer,
-                prompts,
-                num_samples=args.num_samples,
-                max_new_tokens=args.max_new_tokens,
-                guidance_scale=args.guidance_scale,
-                null_prompt=args.unconditional_prompt,
-                chat=not args.no_chat,
-                temperature=args.temperature,
-                seed=args.seed,
-                label=label,
-            )
+        generated = [record for name in args.model for record in _generate(args, name, prompts)]
         if args.save_generations:
             write_jsonl(generated, args.save_generations)
         records += generated
@@ -208,6 +201,7 @@ def sweep(argv: list[str]) -> None:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         seed=args.seed,
+        prompts_per_batch=args.prompts_per_batch,
         null_prompt=args.unconditional_prompt,
         chat=not args.no_chat,
         embedder=args.embedder,

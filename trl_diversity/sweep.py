@@ -38,6 +38,7 @@ class SweepSettings:
     max_new_tokens: int = 48
     temperature: float = 1.0
     seed: int = 0
+    prompts_per_batch: int = 4
     null_prompt: str = ""
     chat: bool = True
     embedder: str | None = None
@@ -98,6 +99,7 @@ def run_sweep(settings: SweepSettings) -> dict:
                 chat=settings.chat,
                 temperature=settings.temperature,
                 seed=settings.seed,
+                prompts_per_batch=settings.prompts_per_batch,
                 label=label,
                 progress=False,
             )
