@@ -57,6 +57,7 @@ def _point_key(settings: SweepSettings, family: str, value: float) -> str:
         "max_new_tokens": settings.max_new_tokens,
         "temperature": settings.temperature,
         "seed": settings.seed,
+        "prompts_per_batch": settings.prompts_per_batch,
         "null_prompt": settings.null_prompt,
         "chat": settings.chat,
         "embedder": settings.embedder,
