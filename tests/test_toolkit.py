@@ -170,3 +170,12 @@ def test_evaluate_can_generate_first(tiny_checkpoint, tmp_path):
     assert entry["forward_passes_per_token"] == 2 and entry["num_prompts"] == 2
     assert "fluency_nll" not in entry["metrics"]
     assert len(read_jsonl(tmp_path / "gens.jsonl")) == 4
+
+
+def test_atomic_writes_have_the_usual_permissions(tmp_path):
+    from trl_diversity.atomic import write_text_atomic
+
+    path = write_text_atomic(tmp_path / "results.json", "{}")
+    assert path.read_text() == "{}"
+    assert path.stat().st_mode & 0o044  # readable by others, unlike mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -17,6 +17,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(handle, "w") as f:
             f.write(text)
+        os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
@@ -43,3 +44,9 @@ def atomic_folder(target: str | os.PathLike):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

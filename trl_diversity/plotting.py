@@ -45,8 +45,10 @@ def plot_fronts(result: dict, path: Path) -> Path:
         )
         front = sorted((x, y) for x, y, p in zip(xs, ys, points) if p["pareto_in_family"])
         axes.plot([x for x, _ in front], [y for _, y in front], "-", color=color, linewidth=1.5)
-        for x, y, p in zip(xs, ys, points):
-            axes.annotate(p["label"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color=color)
+        for index, (x, y, p) in enumerate(zip(xs, ys, points)):
+            # Alternate the label side so that labels of neighbouring points do not overprint each other.
+            offset = (6, 4) if index % 2 == 0 else (6, -11)
+            axes.annotate(p["label"], (x, y), textcoords="offset points", xytext=offset, fontsize=8, color=color)
     axes.set_xlabel(f"quality: {quality.replace('_', ' ')} (higher is better)")
     axes.set_ylabel(f"diversity: {diversity.replace('_', ' ')} (higher is better)")
     axes.set_title(f"Quality-diversity fronts ({result['num_prompts']} prompts, 95% CIs; lines: Pareto fronts)")
