@@ -34,7 +34,8 @@ def test_token_divergence_matches_kl_div(kind):
 
 @pytest.mark.parametrize("kind", ["reverse_kl", "forward_kl", "jsd"])
 @pytest.mark.parametrize("vocab", [50, 40_000])  # 40k spans two of the kernel's 32k vocabulary chunks
-def test_chunked_divergence_matches_full_logits_with_gradients(kind, vocab):
+@pytest.mark.parametrize("allow_full_logits", [False, True], ids=["kernel", "small-size path"])
+def test_chunked_divergence_matches_full_logits_with_gradients(kind, vocab, allow_full_logits):
     torch.manual_seed(0)
     hidden = 8
     student_hidden = torch.randn(6, hidden, requires_grad=True)
@@ -42,7 +43,9 @@ def test_chunked_divergence_matches_full_logits_with_gradients(kind, vocab):
     teacher_head = torch.nn.Linear(hidden, vocab, bias=False)
     teacher_hidden = torch.randn(6, hidden)
 
-    chunked = chunked_token_divergence(student_hidden, student_head, teacher_hidden, teacher_head, kind)
+    chunked = chunked_token_divergence(
+        student_hidden, student_head, teacher_hidden, teacher_head, kind, allow_full_logits=allow_full_logits
+    )
     chunked.sum().backward()
     assert teacher_head.weight.grad is None  # the teacher is frozen
     grad_hidden, grad_head = student_hidden.grad.clone(), student_head.weight.grad.clone()

@@ -48,12 +48,14 @@ def test_chunked_divergence_does_not_depend_on_the_chunk_sizes(seed, kind, token
     hidden = torch.randn(9, 6, generator=torch.Generator().manual_seed(seed))
     teacher_hidden = torch.randn(9, 6, generator=torch.Generator().manual_seed(seed + 1))
     student_head, teacher_head = logits(seed + 2, 50, 6, scale=1.0), logits(seed + 3, 50, 6, scale=1.0)
-    reference = chunked_token_divergence(hidden, student_head, teacher_hidden, teacher_head, kind)
+    reference = chunked_token_divergence(hidden, student_head, teacher_hidden, teacher_head, kind)  # full logits
     patch = pytest.MonkeyPatch()
     patch.setattr(chunked_divergence, "TOKEN_CHUNK_SIZE", token_chunk)
     patch.setattr(chunked_divergence, "VOCAB_CHUNK_SIZE", vocab_chunk)
     try:
-        chunked = chunked_token_divergence(hidden, student_head, teacher_hidden, teacher_head, kind)
+        chunked = chunked_token_divergence(
+            hidden, student_head, teacher_hidden, teacher_head, kind, allow_full_logits=False
+        )
     finally:
         patch.undo()
     torch.testing.assert_close(chunked, reference, atol=1e-5, rtol=1e-4)

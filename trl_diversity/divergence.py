@@ -17,7 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
+from trl.kernels import chunked_divergence
 from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+from trl.kernels.chunked_logprob import _use_triton
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 
@@ -36,8 +39,8 @@ def kernel_beta(kind: str, jsd_beta: float = 0.5) -> float:
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    # sum_v p * (log p - log q), with 0 * log 0 = 0
-    return torch.where(log_p.isneginf(), 0.0, log_p.exp() * (log_p - log_q)).sum(-1)
+    # sum_v p * (log p - log q); kl_div takes 0 * log 0 as 0
+    return torch.nn.functional.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
 
 
 def token_divergence(
@@ -75,11 +78,16 @@ def chunked_token_divergence(
     jsd_beta: float = 0.5,
     student_logit_scale: float = 1.0,
     teacher_logit_scale: float = 1.0,
+    allow_full_logits: bool = True,
 ) -> torch.Tensor:
     """Per-token divergence from hidden states `[N, H]` and the LM heads that project them to the vocabulary.
 
     `teacher_hidden` are the CFG-guided teacher hidden states (see `guidance.guide`); `*_head` is an `nn.Linear`
     or its `[V, H]` weight. Gradients flow to the student's hidden states and head weight only. Returns `[N]`.
+
+    Without Triton (on CPU), when the `[N, V]` logits are no larger than one of the kernel's tiles, they are built in
+    full instead: the same memory bound, and autograd's fused operations are about 1.6x faster there than the kernel's
+    torch fallback. `allow_full_logits=False` always runs the kernel.
     """
     s_weight, s_bias = _weight_and_bias(student_head)
     t_weight, t_bias = _weight_and_bias(teacher_head)
@@ -87,6 +95,18 @@ def chunked_token_divergence(
         raise ValueError(
             f"Student and teacher vocabularies differ ({s_weight.shape[0]} vs {t_weight.shape[0]} tokens)."
         )
+    one_tile = chunked_divergence.TOKEN_CHUNK_SIZE * chunked_divergence.VOCAB_CHUNK_SIZE
+    if (
+        allow_full_logits
+        and not _use_triton(student_hidden.device)
+        and len(student_hidden) * len(s_weight) <= one_tile
+    ):
+        with maybe_gather_lm_head_ctx(s_weight, s_bias), maybe_gather_lm_head_ctx(t_weight, t_bias):
+            # float32 projections, as in the kernel: CFG-guided logits are too sharp to round to bfloat16
+            student_logits = _project(student_hidden, s_weight, s_bias) * student_logit_scale
+            with torch.no_grad():
+                teacher_logits = _project(teacher_hidden, t_weight, t_bias) * teacher_logit_scale
+        return token_divergence(student_logits, teacher_logits, kind=kind, jsd_beta=jsd_beta)
     divergence, _entropy = ChunkedDivergenceFunction.apply(
         student_hidden,
         s_weight,
@@ -102,6 +122,11 @@ def chunked_token_divergence(
         None,
     )
     return divergence
+
+
+def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    with torch.autocast(hidden.device.type, enabled=False):
+        return torch.nn.functional.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
 
 
 def _weight_and_bias(head: torch.nn.Module | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
