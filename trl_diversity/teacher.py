@@ -13,11 +13,12 @@ conditional and unconditional rows of all completions as one batched forward ove
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 
 from .guidance import guide
-from .hidden_states import capture_last_hidden_state
+from .hidden_states import capture_last_hidden_state, language_model
 
 
 def left_pad(rows: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +72,10 @@ def guided_teacher_hidden_states(
     batch, length = completion_ids.shape
     contexts, context_mask, rows = shared_contexts(prompt_ids, prompt_mask, unconditional_ids, pad_id)
     module = _unwrap(teacher)
+    cache_argument = _cache_argument_name(module)
     with capture_last_hidden_state(module) as captured:
         prefix = teacher(input_ids=contexts, attention_mask=context_mask, logits_to_keep=1, use_cache=True)
+    prefix_cache = prefix.cache if cache_argument == "cache" else prefix.past_key_values
     # The last context position predicts the first completion token (contexts are left-padded).
     first = captured[-1][:, -1]
 
@@ -82,17 +85,23 @@ def guided_teacher_hidden_states(
         chunk = torch.arange(start, min(start + batch_size, batch), device=rows.device)
         chunk_rows = torch.cat([chunk, chunk + batch])  # its conditional rows, then its unconditional rows
         context_of = rows[chunk_rows]
-        cache = copy.deepcopy(prefix.past_key_values)
+        cache = copy.deepcopy(prefix_cache)
         cache.reorder_cache(context_of)  # one copy of its context's keys and values per row
         ids = completion_ids[chunk].repeat(2, 1)
         mask = torch.cat([context_mask[context_of], completion_mask[chunk].repeat(2, 1)], dim=1)
         with capture_last_hidden_state(module) as captured:
-            teacher(input_ids=ids, attention_mask=mask, past_key_values=cache, logits_to_keep=1, use_cache=True)
+            teacher(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=True, **{cache_argument: cache})
         # Completion position t predicts token t + 1; the first token comes from the context's last position.
         hidden = torch.cat([first[context_of].unsqueeze(1), captured[-1][:, : length - 1]], dim=1).float()
         conditional, unconditional = hidden.chunk(2)
         chunks.append(guide(conditional, unconditional, guidance_scale))
     return torch.cat(chunks)
+
+
+def _cache_argument_name(model: torch.nn.Module) -> str:
+    """transformers renamed `past_key_values` to `cache` in the 5.x series; use whichever this model takes."""
+    parameters = inspect.signature(type(language_model(model)).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
