@@ -126,14 +126,6 @@ def generate_records(
     bar.close()
 
 
-def sample_completions(model, tokenizer, prompts: list[str], num_samples: int = 4, **kwargs) -> list[list[str]]:
-    """Completion texts grouped by prompt: `[len(prompts)][num_samples]`."""
-    groups: dict[str, list[str]] = {p: [] for p in prompts}
-    for record in generate_records(model, tokenizer, prompts, num_samples=num_samples, **kwargs):
-        groups[record["prompt"]].append(record["completion"])
-    return [groups[p] for p in prompts]
-
-
 def write_jsonl(records, path: str | Path) -> Path:
     """Write records to a JSONL file atomically (temporary name, then rename)."""
     return write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))

@@ -12,8 +12,8 @@ import torch
 
 from .data import load_prompts
 from .embedder import load_embedder
-from .generation import sample_completions
-from .metrics import pairwise_diversity, prompt_adherence
+from .evaluation import summarize
+from .generation import generate_records
 
 
 class BeforeAfterReport:
@@ -28,28 +28,32 @@ class BeforeAfterReport:
 
     def _measure(self, name: str, model, guidance_scale: float) -> None:
         started = time.perf_counter()
-        samples = sample_completions(
-            model,
-            self.tokenizer,
-            self.prompts,
-            num_samples=self.num_samples,
-            max_new_tokens=self.args.max_completion_length,
-            guidance_scale=guidance_scale,
-            null_prompt=self.args.unconditional_prompt,
-            chat=self.chat,
-            temperature=self.args.temperature,
-            seed=self.args.seed,
-            label=name,
+        records = list(
+            generate_records(
+                model,
+                self.tokenizer,
+                self.prompts,
+                num_samples=self.num_samples,
+                max_new_tokens=self.args.max_completion_length,
+                guidance_scale=guidance_scale,
+                null_prompt=self.args.unconditional_prompt,
+                chat=self.chat,
+                temperature=self.args.temperature,
+                seed=self.args.seed,
+                label=name,
+            )
         )
+        seconds = round(time.perf_counter() - started, 1)
+        summary = summarize(records, self.embedder, chat=self.chat)[name]  # the same metrics as `evaluate`
         self.rows.append(
             {
                 "model": name,
                 "guidance_scale": guidance_scale,
-                "prompt_adherence": prompt_adherence(self.embedder, self.prompts, samples).mean().item(),
-                "pairwise_diversity": pairwise_diversity(self.embedder, samples).mean().item(),
-                "forward_passes_per_token": 2 if guidance_scale != 1.0 else 1,
-                "generation_seconds": round(time.perf_counter() - started, 1),
-                "example": samples[0][0],
+                "prompt_adherence": summary["metrics"]["adherence"]["mean"],
+                "pairwise_diversity": summary["metrics"]["pairwise_diversity"]["mean"],
+                "forward_passes_per_token": summary["forward_passes_per_token"],
+                "generation_seconds": seconds,
+                "example": records[0]["completion"],
             }
         )
 
