@@ -82,8 +82,8 @@ def make_inputs(tokens: int, hidden: int, vocab: int, seed: int):
 
 
 def chunked_loss(inputs, kind: str, guidance_scale: float):
-    from trl_diversity.divergence import chunked_token_divergence
-    from trl_diversity.guidance import guide
+    from trl_diversity.trainer.divergence import chunked_token_divergence
+    from trl_diversity.trainer.guidance import guide
 
     guided = guide(inputs["conditional"], inputs["unconditional"], guidance_scale)
     per_token = chunked_token_divergence(
@@ -95,7 +95,7 @@ def chunked_loss(inputs, kind: str, guidance_scale: float):
 def _naive_teacher_log_probs(inputs, guidance_scale: float):
     import torch
 
-    from trl_diversity.guidance import guided_log_probs
+    from trl_diversity.trainer.guidance import guided_log_probs
 
     with torch.no_grad():
         cond_logits = inputs["conditional"] @ inputs["teacher_head"].T
@@ -104,7 +104,7 @@ def _naive_teacher_log_probs(inputs, guidance_scale: float):
 
 
 def naive_loss(inputs, kind: str, guidance_scale: float):
-    from trl_diversity.divergence import token_divergence
+    from trl_diversity.trainer.divergence import token_divergence
 
     student_logits = inputs["student_hidden"] @ inputs["student_head"].T
     teacher_log_probs = _naive_teacher_log_probs(inputs, guidance_scale)
@@ -115,8 +115,8 @@ def worker(args) -> None:
     import torch
 
     # Imported before the baseline is taken: importing trl alone adds ~0.3 GiB of resident memory.
-    import trl_diversity.divergence  # noqa: F401
-    import trl_diversity.guidance  # noqa: F401
+    import trl_diversity.trainer.divergence  # noqa: F401
+    import trl_diversity.trainer.guidance  # noqa: F401
 
     inputs = make_inputs(args.tokens[0], args.hidden, args.vocab, args.seed)
     loss_fn = chunked_loss if args.variant == "chunked" else naive_loss

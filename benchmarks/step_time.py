@@ -52,7 +52,7 @@ PARTS = (
     "distill_backward",
     "other",
 )
-# Same LoRA as the default job (trl_diversity.train.DEFAULT_JOB).
+# Same LoRA as the default job (trl_diversity.cli.train.DEFAULT_JOB).
 LORA = dict(
     r=16,
     lora_alpha=32,
@@ -143,7 +143,7 @@ def instrument_distillation(recorder: StepRecorder):
     """Time the distillation kernel's forward (as the trainer calls it) and its backward."""
     from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 
-    import trl_diversity.trainer as ours
+    import trl_diversity.trainer.diversity_cfg_trainer as ours
 
     ours.chunked_token_divergence = recorder.timed("distill_forward", ours.chunked_token_divergence)
     ChunkedDivergenceFunction.backward = staticmethod(
@@ -153,7 +153,7 @@ def instrument_distillation(recorder: StepRecorder):
 
 def length_reward(completions, **kwargs):
     """The cheap reward plain GRPO needs: completion length / 100."""
-    from trl_diversity.embedder import completion_text
+    from trl_diversity.rewards.embedder import completion_text
 
     return [len(completion_text(c)) / 100 for c in completions]
 

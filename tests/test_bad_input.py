@@ -8,7 +8,7 @@ from test_trainer import make_args, make_trainer
 from transformers import AutoTokenizer
 
 from trl_diversity import DiversityCFGTrainer
-from trl_diversity.embedder import load_embedder
+from trl_diversity.rewards.embedder import load_embedder
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_embedder_that_is_not_a_sentence_transformers_model(tiny_checkpoint, tmp
 
 
 def test_recipe_value_of_the_wrong_type(tmp_path, capsys):
-    from trl_diversity.train import parse
+    from trl_diversity.cli.train import parse
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("guidance_scale: strong\n")

@@ -41,7 +41,7 @@ def test_train_runs_the_default_job_shape_on_a_tiny_model(tiny_checkpoint, tmp_p
 
 
 def test_recipe_values_are_overridden_by_flags_and_unknown_keys_rejected(tiny_checkpoint, tmp_path):
-    from trl_diversity.train import parse
+    from trl_diversity.cli.train import parse
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model_name_or_path: {tiny_checkpoint}\nguidance_scale: 2.0\ndiversity_coef: 5.0\n")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trl_diversity import defaults
-from trl_diversity.embedder import embed, load_embedder
+from trl_diversity.rewards.embedder import embed, load_embedder
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from trl_diversity import group_diversity_rewards
-from trl_diversity.embedder import embed, load_embedder
+from trl_diversity.rewards.embedder import embed, load_embedder
 
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_train.py"
 MULTI_CPU = Path(__file__).resolve().parent.parent / "recipes" / "accelerate_configs" / "multi_cpu.yaml"

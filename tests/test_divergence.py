@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from trl_diversity import chunked_token_divergence, token_divergence
-from trl_diversity.divergence import kernel_beta
+from trl_diversity.trainer.divergence import kernel_beta
 
 
 def _reference(student_logits, teacher_log_probs, kind, beta=0.5):

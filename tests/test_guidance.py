@@ -4,7 +4,7 @@ from transformers.generation.logits_process import UnbatchedClassifierFreeGuidan
 from transformers.modeling_outputs import CausalLMOutput
 
 from trl_diversity import guided_log_probs
-from trl_diversity.guidance import guide
+from trl_diversity.trainer.guidance import guide
 
 
 class _FixedLogits(torch.nn.Module):

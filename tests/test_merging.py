@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from tiny import build_model, build_tokenizer, save_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
-from trl_diversity.merging import MergeError, lerp_merge
+from trl_diversity.toolkit.merging import MergeError, lerp_merge
 
 
 def state(folder):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from trl_diversity.metrics import bootstrap_ci, distinct_n, self_bleu, vendi_score
-from trl_diversity.pareto import hypervolume, pareto_front, pareto_mask
+from trl_diversity.toolkit.metrics import bootstrap_ci, distinct_n, self_bleu, vendi_score
+from trl_diversity.toolkit.pareto import hypervolume, pareto_front, pareto_mask
 
 
 def test_vendi_score_of_identical_and_orthogonal_embeddings():

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from trl.kernels import chunked_divergence
 
 from trl_diversity import chunked_token_divergence, guided_log_probs, token_divergence
-from trl_diversity.diversity import pairwise_dissimilarity
+from trl_diversity.rewards.diversity import pairwise_dissimilarity
 
 seeds = st.integers(0, 2**31 - 1)
 KINDS = ["reverse_kl", "forward_kl", "jsd"]

@@ -4,7 +4,7 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 from trl_diversity import DiversityCFGConfig
-from trl_diversity.train import parse
+from trl_diversity.cli.train import parse
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TRAINING_RECIPES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "accelerate_configs")

@@ -5,8 +5,8 @@ from tiny import save_tiny_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_diversity import cli
-from trl_diversity.generation import generate_records, read_jsonl, render_prompt
-from trl_diversity.sweep import SweepSettings, run_sweep
+from trl_diversity.toolkit.generation import generate_records, read_jsonl, render_prompt
+from trl_diversity.toolkit.sweep import SweepSettings, run_sweep
 
 PROMPTS = ["write a short poem about the sea", "describe a quiet morning in a small town"]
 
@@ -128,7 +128,7 @@ def test_sweep_end_to_end_and_cached(tiny_checkpoint, tmp_path, monkeypatch):
     assert (out / "sweep.png").stat().st_size > 10_000 and "Hypervolume" in (out / "sweep.md").read_text()
 
     # One more merge weight: only that point is generated again.
-    import trl_diversity.sweep as sweep_module
+    import trl_diversity.toolkit.sweep as sweep_module
 
     generated = []
     real = sweep_module.generate_records

@@ -6,7 +6,7 @@ from trl import GRPOTrainer
 
 from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer, diversity_advantages, guided_log_probs
 from trl_diversity.data import load_prompts
-from trl_diversity.divergence import token_divergence
+from trl_diversity.trainer.divergence import token_divergence
 
 
 def make_args(tmp_path, **overrides):
@@ -195,7 +195,7 @@ def test_separate_teacher_checkpoint_is_used(tiny_checkpoint, tmp_path):
 
 
 def test_teacher_hidden_states_do_not_depend_on_the_row_chunking(tiny_checkpoint):
-    from trl_diversity.teacher import guided_teacher_hidden_states
+    from trl_diversity.trainer.teacher import guided_teacher_hidden_states
 
     teacher = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
     prompt_ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12], [0, 13, 14, 15, 16]])

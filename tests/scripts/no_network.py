@@ -21,11 +21,11 @@ socket.getaddrinfo = refuse
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from trl_diversity.cli.train import parse  # noqa: E402
 from trl_diversity.data import load_prompts  # noqa: E402
 from trl_diversity.defaults import resolve_model  # noqa: E402
-from trl_diversity.embedder import embed, load_embedder  # noqa: E402
-from trl_diversity.train import parse  # noqa: E402
-from trl_diversity.trainer import DiversityCFGTrainer  # noqa: E402
+from trl_diversity.rewards.embedder import embed, load_embedder  # noqa: E402
+from trl_diversity.trainer.diversity_cfg_trainer import DiversityCFGTrainer  # noqa: E402
 
 model_path = resolve_model(None)
 AutoTokenizer.from_pretrained(model_path)

@@ -5,7 +5,7 @@ import time
 
 import safetensors.torch
 
-import trl_diversity.merging as merging
+import trl_diversity.toolkit.merging as merging
 
 real_save = safetensors.torch.save_file
 

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer
 from trl_diversity.data import load_prompts
-from trl_diversity.embedder import completion_text
+from trl_diversity.rewards.embedder import completion_text
 
 torch.set_num_threads(1)
 checkpoint, output_dir = sys.argv[1], sys.argv[2]

@@ -10,10 +10,10 @@ import time
 
 import torch
 
-from .data import load_prompts
-from .embedder import load_embedder
-from .evaluation import summarize
-from .generation import generate_records
+from trl_diversity.data import load_prompts
+from trl_diversity.rewards.embedder import load_embedder
+from trl_diversity.toolkit.evaluation import summarize
+from trl_diversity.toolkit.generation import generate_records
 
 
 class BeforeAfterReport:

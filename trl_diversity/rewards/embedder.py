@@ -7,7 +7,7 @@ import os
 import torch
 from sentence_transformers import SentenceTransformer
 
-from .defaults import resolve_embedder
+from trl_diversity.defaults import resolve_embedder
 
 
 def load_embedder(name_or_path: str | None, device: torch.device | str | None = None) -> SentenceTransformer:

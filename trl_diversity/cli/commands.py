@@ -24,7 +24,7 @@ def _prompt_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_prompt_list(spec: str, limit: int | None) -> list[str]:
-    from .data import SPLITS, load_prompts
+    from trl_diversity.data import SPLITS, load_prompts
 
     if spec in SPLITS:
         prompts = load_prompts(spec)["prompt"]
@@ -43,7 +43,7 @@ def load_prompt_list(spec: str, limit: int | None) -> list[str]:
 
 def _generate(args, name: str, prompts: list[str], base: str | None = None, label: str | None = None) -> list[dict]:
     """Records of `name`'s samples, with the prompt and CFG options of `args`."""
-    from .generation import generate_records, load_generation_model
+    from trl_diversity.toolkit.generation import generate_records, load_generation_model
 
     model, tokenizer = load_generation_model(name, base)
     label = label or (name if args.guidance_scale == 1 else f"{name} + CFG {args.guidance_scale:g}")
@@ -77,7 +77,7 @@ def generate(argv: list[str]) -> None:
     _prompt_arguments(parser)
     args = parser.parse_args(argv)
 
-    from .generation import write_jsonl
+    from trl_diversity.toolkit.generation import write_jsonl
 
     prompts = load_prompt_list(args.prompts, args.num_prompts)  # checked before the model loads
     records = _generate(args, args.model, prompts, base=args.base, label=args.label)
@@ -117,14 +117,14 @@ def evaluate(argv: list[str]) -> None:
     if not args.generations and not args.model:
         parser.error("give generation files, or --model to generate from")
 
-    from .atomic import write_text_atomic
-    from .embedder import load_embedder
-    from .evaluation import load_reward, markdown_table, summarize
-    from .generation import load_generation_model, read_jsonl
+    from trl_diversity.atomic import write_text_atomic
+    from trl_diversity.rewards.embedder import load_embedder
+    from trl_diversity.toolkit.evaluation import load_reward, markdown_table, summarize
+    from trl_diversity.toolkit.generation import load_generation_model, read_jsonl
 
     records = [r for path in args.generations for r in read_jsonl(path)]
     if args.model:
-        from .generation import write_jsonl
+        from trl_diversity.toolkit.generation import write_jsonl
 
         prompts = load_prompt_list(args.prompts, args.num_prompts)
         generated = [record for name in args.model for record in _generate(args, name, prompts)]
@@ -155,7 +155,7 @@ def merge(argv: list[str]) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
 
-    from .merging import lerp_merge
+    from trl_diversity.toolkit.merging import lerp_merge
 
     path = lerp_merge(
         args.model_a,
@@ -187,7 +187,7 @@ def sweep(argv: list[str]) -> None:
     _prompt_arguments(parser)
     args = parser.parse_args(argv)
 
-    from .sweep import SweepSettings, run_sweep, sweep_markdown
+    from trl_diversity.toolkit.sweep import SweepSettings, run_sweep, sweep_markdown
 
     settings = SweepSettings(
         base=args.base,

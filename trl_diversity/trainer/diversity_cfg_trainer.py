@@ -24,15 +24,15 @@ from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing, prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, get_config_model_id, use_adapter
 
-from .config import DiversityCFGConfig
-from .divergence import chunked_token_divergence
-from .diversity import diversity_advantages, group_diversity_rewards
-from .embedder import completion_text, embed, load_embedder
-from .hidden_states import capture_last_hidden_state, language_model
-from .normalization import reduce_like_grpo
-from .safety import NonFiniteStepGuard, SignalCheckpoint
-from .teacher import guided_teacher_hidden_states
-from .validation import check_chat_template, check_prompt_dataset
+from trl_diversity.rewards.diversity import diversity_advantages, group_diversity_rewards
+from trl_diversity.rewards.embedder import completion_text, embed, load_embedder
+from trl_diversity.trainer.divergence import chunked_token_divergence
+from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
+from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
+from trl_diversity.trainer.normalization import reduce_like_grpo
+from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
+from trl_diversity.trainer.teacher import guided_teacher_hidden_states
+from trl_diversity.trainer.validation import check_chat_template, check_prompt_dataset
 
 TEACHER_ADAPTER = "cfg_teacher"
 

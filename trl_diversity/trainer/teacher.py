@@ -17,8 +17,8 @@ import inspect
 
 import torch
 
-from .guidance import guide
-from .hidden_states import capture_last_hidden_state, language_model
+from trl_diversity.trainer.guidance import guide
+from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
 
 
 def left_pad(rows: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

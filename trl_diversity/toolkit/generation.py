@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .atomic import write_text_atomic
-from .defaults import resolve_model
+from trl_diversity.atomic import write_text_atomic
+from trl_diversity.defaults import resolve_model
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> list[int]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .divergence import DIVERGENCES
+from trl_diversity.trainer.divergence import DIVERGENCES
 
 
 @dataclass

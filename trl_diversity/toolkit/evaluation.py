@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import torch
 
-from .diversity import pairwise_dissimilarity
-from .embedder import embed
-from .generation import render_prompt
-from .metrics import bootstrap_ci, completion_nll, distinct_n, self_bleu, vendi_score
+from trl_diversity.rewards.diversity import pairwise_dissimilarity
+from trl_diversity.rewards.embedder import embed
+from trl_diversity.toolkit.generation import render_prompt
+from trl_diversity.toolkit.metrics import bootstrap_ci, completion_nll, distinct_n, self_bleu, vendi_score
 
 # name -> (better, description); the order of the report's columns
 METRICS = {

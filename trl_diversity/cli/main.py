@@ -1,6 +1,6 @@
 """The `trl-diversity` command line: `trl-diversity <command> [arguments]`.
 
-Runnable as `python -m trl_diversity.cli`, so `accelerate launch -m trl_diversity.cli train recipe.yaml` works.
+Runnable as `python -m trl_diversity.cli.main`, so `accelerate launch -m trl_diversity.cli.main train recipe.yaml` works.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import sys
 
 # command -> (module, function)
 COMMANDS = {
-    "train": ("trl_diversity.train", "main"),
-    "generate": ("trl_diversity.commands", "generate"),
-    "evaluate": ("trl_diversity.commands", "evaluate"),
-    "merge": ("trl_diversity.commands", "merge"),
-    "sweep": ("trl_diversity.commands", "sweep"),
+    "train": ("trl_diversity.cli.train", "main"),
+    "generate": ("trl_diversity.cli.commands", "generate"),
+    "evaluate": ("trl_diversity.cli.commands", "evaluate"),
+    "merge": ("trl_diversity.cli.commands", "merge"),
+    "sweep": ("trl_diversity.cli.commands", "sweep"),
 }
 
 USAGE = """usage: trl-diversity <command> [arguments]
@@ -42,6 +42,3 @@ def main(argv: list[str] | None = None) -> None:
     module, function = COMMANDS[command]
     getattr(importlib.import_module(module), function)(rest)
 
-
-if __name__ == "__main__":
-    main()

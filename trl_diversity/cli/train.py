@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_text_atomic
-from .config import DiversityCFGConfig
-from .data import load_prompts
-from .defaults import resolve_model
+from trl_diversity.atomic import write_text_atomic
+from trl_diversity.data import load_prompts
+from trl_diversity.defaults import resolve_model
+from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
 
 # The default job: what `trl-diversity train` runs with no recipe. About 10 minutes on 2 CPU cores.
 DEFAULT_JOB = {
@@ -114,13 +114,13 @@ def load_train_dataset(script_args: TrainScriptArguments):
     return dataset
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_trainer(script_args: TrainScriptArguments, training_args: DiversityCFGConfig, model_args):
+    """The trainer a parsed `train` command runs: model (or `default`), tokenizer, dataset and LoRA resolved."""
     from transformers import AutoTokenizer
     from trl import get_peft_config
 
-    from .trainer import DiversityCFGTrainer
+    from trl_diversity.trainer.diversity_cfg_trainer import DiversityCFGTrainer
 
-    script_args, training_args, model_args = parse(list(sys.argv[1:] if argv is None else argv))
     model_path = resolve_model(model_args.model_name_or_path)
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
@@ -129,28 +129,36 @@ def main(argv: list[str] | None = None) -> None:
         **({"revision": model_args.model_revision} if model_args.model_revision != "main" else {}),
     }
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-    dataset = load_train_dataset(script_args)
+    return DiversityCFGTrainer(
+        model=model_path,
+        args=training_args,
+        train_dataset=load_train_dataset(script_args),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse(list(sys.argv[1:] if argv is None else argv))
+    load_train_dataset(script_args)  # a bad dataset fails before the base model is measured
 
     report = None
     if script_args.report_prompts > 0:
-        from .report import BeforeAfterReport
+        from transformers import AutoTokenizer
 
+        from trl_diversity.toolkit.report import BeforeAfterReport
+
+        model_path = resolve_model(model_args.model_name_or_path)
         report = BeforeAfterReport(
             training_args,
-            tokenizer,
+            AutoTokenizer.from_pretrained(model_path, padding_side="left"),
             script_args.report_prompts,
             script_args.report_samples,
             chat=script_args.prompt_format == "conversational",
         )
         report.measure_base(model_path)
 
-    trainer = DiversityCFGTrainer(
-        model=model_path,
-        args=training_args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-    )
+    trainer = build_trainer(script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
     if trainer.interrupted:
         if trainer.accelerator.is_main_process:

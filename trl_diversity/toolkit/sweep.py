@@ -16,11 +16,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .atomic import write_text_atomic
-from .evaluation import summarize
-from .generation import generate_records, load_generation_model, write_jsonl
-from .merging import lerp_merge
-from .pareto import hypervolume, pareto_mask
+from trl_diversity.atomic import write_text_atomic
+from trl_diversity.toolkit.evaluation import summarize
+from trl_diversity.toolkit.generation import generate_records, load_generation_model, write_jsonl
+from trl_diversity.toolkit.merging import lerp_merge
+from trl_diversity.toolkit.pareto import hypervolume, pareto_mask
 
 QUALITY, DIVERSITY = "adherence", "pairwise_diversity"
 
@@ -68,7 +68,7 @@ def _point_key(settings: SweepSettings, family: str, value: float) -> str:
 
 
 def run_sweep(settings: SweepSettings) -> dict:
-    from .embedder import load_embedder
+    from trl_diversity.rewards.embedder import load_embedder
 
     out = Path(settings.output_dir)
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ def finish(points: list[dict], settings: SweepSettings) -> dict:
     }
     _write_json(out / "sweep.json", result)
     write_text_atomic(out / "sweep.md", sweep_markdown(result) + "\n")
-    from .plotting import plot_fronts
+    from trl_diversity.toolkit.plotting import plot_fronts
 
     plot_fronts(result, out / "sweep.png")
     return result

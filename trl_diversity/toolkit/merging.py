@@ -21,8 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import atomic_folder
-from .defaults import resolve_model
+from trl_diversity.atomic import atomic_folder
+from trl_diversity.defaults import resolve_model
 
 # Config keys that may differ between two finetunes of the same architecture.
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}

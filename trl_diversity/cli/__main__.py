@@ -1,0 +1,3 @@
+from trl_diversity.cli.main import main
+
+main()
