@@ -10,6 +10,7 @@ import torch
 
 from trl_diversity.rewards.diversity import pairwise_dissimilarity
 from trl_diversity.rewards.embedder import embed
+from trl_diversity.rewards.partition import distinct_k
 from trl_diversity.toolkit.generation import render_prompt
 from trl_diversity.toolkit.metrics import bootstrap_ci, completion_nll, distinct_n, self_bleu, vendi_score
 
@@ -23,6 +24,7 @@ METRICS = {
     "distinct_1": ("higher", "unique unigrams / unigrams"),
     "distinct_2": ("higher", "unique bigrams / bigrams"),
     "self_bleu": ("lower", "mean BLEU of each sample against the others"),
+    "partitions": ("higher", "equivalence classes among a prompt's k samples (NoveltyBench's distinct_k, unigram rule)"),
 }
 
 
@@ -59,6 +61,7 @@ def per_prompt_metrics(
         "distinct_1": [distinct_n(s, 1) for s in samples],
         "distinct_2": [distinct_n(s, 2) for s in samples],
         "self_bleu": [self_bleu(s) for s in samples],
+        "partitions": [float(distinct_k(s)) for s in samples],
     }
     if fluency is not None:
         model, tokenizer = fluency

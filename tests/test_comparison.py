@@ -1,0 +1,55 @@
+"""Paired comparisons and front gaps at matched quality, against direct computations."""
+
+import numpy as np
+import pytest
+
+from trl_diversity.toolkit.comparison import front, matched_quality_gap, paired_difference
+
+
+def test_paired_difference_mean_ci_and_win_rate():
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=200)
+    a = b + 0.5 + rng.normal(scale=0.1, size=200)
+    result = paired_difference(a, b)
+    assert result["mean"] == pytest.approx(np.mean(a - b))
+    assert result["low"] < result["mean"] < result["high"]
+    assert 0.45 < result["low"] and result["high"] < 0.55  # the shared noise of b cancels: a tight interval
+    assert paired_difference([1, 2, 3], [1, 1, 4])["win_rate"] == pytest.approx((0.5 + 1 + 0) / 3)
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference([1, 2], [1, 2, 3])
+
+
+def test_front_keeps_non_dominated_points_sorted_by_quality():
+    points = [(0.1, 0.9), (0.2, 0.5), (0.3, 0.6), (0.5, 0.2), (0.4, 0.1)]
+    assert front(points) == [(0.1, 0.9), (0.3, 0.6), (0.5, 0.2)]
+
+
+def _family(curve, qualities, noise, rng, n=40):
+    """Points on diversity = curve(quality), each with per-prompt values scattered around the means."""
+    return [
+        {
+            "q": (q + rng.normal(scale=noise, size=n)).tolist(),
+            "d": (curve(q) + rng.normal(scale=noise, size=n)).tolist(),
+        }
+        for q in qualities
+    ]
+
+
+def test_matched_quality_gap_recovers_a_known_offset():
+    rng = np.random.default_rng(1)
+    a = _family(lambda q: 1.2 - q, [0.3, 0.4, 0.5, 0.6], 0.01, rng)
+    b = _family(lambda q: 1.0 - q, [0.35, 0.45, 0.55, 0.65], 0.01, rng)
+    gap = matched_quality_gap(a, b, "q", "d", resamples=300)
+    assert gap["mean"] == pytest.approx(0.2, abs=0.02)
+    assert gap["low"] > 0.15 and gap["high"] < 0.25
+    assert gap["quality_range"][0] == pytest.approx(0.35, abs=0.01)
+    assert gap["quality_range"][1] == pytest.approx(0.6, abs=0.01)
+    swapped = matched_quality_gap(b, a, "q", "d", resamples=300)
+    assert swapped["mean"] == pytest.approx(-gap["mean"])
+
+
+def test_matched_quality_gap_is_none_without_a_shared_range():
+    rng = np.random.default_rng(2)
+    a = _family(lambda q: 1 - q, [0.1, 0.2], 0.001, rng)
+    b = _family(lambda q: 1 - q, [0.5, 0.6], 0.001, rng)
+    assert matched_quality_gap(a, b, "q", "d", resamples=50) is None
