@@ -1,0 +1,353 @@
+"""Reproduce the paper's claims on the embedded default model (SmolLM2-135M-Instruct), resumably.
+
+    python benchmarks/reproduce.py --budget full    # the real experiment (hours on 2 CPU cores; resumable)
+    python benchmarks/reproduce.py --budget small   # every stage at toy sizes (minutes; runs as a test)
+    python benchmarks/reproduce.py --budget full --report_only   # rebuild the report from the cached points
+
+Stages, each cached so that a re-run computes only what is missing:
+1. two LoRA finetunes from the same base, seed and budget: `beta = 0` (pure CFG distillation, the quality model)
+   and `beta > 0` (the diversity model); each checkpoints, and its training log is kept as JSON;
+2. evaluation points on the same eval prompts: CFG on the base at each `gamma`, temperature on the base at each T,
+   and the weight interpolation (LERP) of the two finetunes at each w; each point's per-prompt metrics are cached
+   under `<results>/points/` by a hash of everything that determines it;
+3. the report: a claims table with paired bootstrap CIs, front gaps at matched quality, plots and training curves.
+
+The finetunes' checkpoints live under `outputs/` (not committed); the per-point JSON and the training logs are small
+and committed, so the report can be rebuilt without retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """One finetune of the experiment; every field goes into its cache key."""
+
+    name: str
+    diversity_coef: float
+    max_steps: int
+    learning_rate: float = 2e-4
+    guidance_scale: float = 3.0
+    distill_divergence: str = "reverse_kl"
+    num_generations: int = 4
+    per_device_train_batch_size: int = 8
+    max_completion_length: int = 48
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Budget:
+    num_prompts: int
+    num_samples: int
+    max_new_tokens: int
+    quality: Finetune
+    diversity: Finetune
+    guidance_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
+    temperatures: tuple[float, ...] = (1.0, 0.85, 0.7, 0.5)
+    weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    prompts_per_batch: int = 8
+    save_steps: int = 8
+
+
+def _finetunes(steps: int, beta: float, **common) -> dict[str, Finetune]:
+    """The quality model (beta = 0) and the diversity model, from the same base, seed and budget."""
+    return {
+        "quality": Finetune("quality", 0.0, steps, **common),
+        "diversity": Finetune("diversity", beta, steps, **common),
+    }
+
+
+BUDGETS = {
+    # Every stage, at sizes that only check the plumbing.
+    "small": Budget(
+        num_prompts=3,
+        num_samples=3,
+        max_new_tokens=8,
+        **_finetunes(2, 15.0, num_generations=2, per_device_train_batch_size=4, max_completion_length=8),
+        guidance_scales=(1.0, 2.0),
+        temperatures=(1.0, 0.7),
+        weights=(0.0, 0.5, 1.0),
+        prompts_per_batch=3,
+        save_steps=1,
+    ),
+    # The real experiment. 48 eval prompts x 6 samples: 6 samples give 15 pairs per prompt for the diversity
+    # metrics and k=6 for the partition count; 48 prompts (4 of each of the 12 forms) keep paired CIs on adherence
+    # near +-0.02 (METHOD.md's 40-prompt table) while a point costs minutes, not tens of minutes. 48 new tokens as in
+    # training. 80 steps = 3.3x the default job's budget (160 training prompts, each seen once): what fits beside the
+    # evaluation in one 2-3 hour run on 2 CPU cores.
+    "full": Budget(
+        num_prompts=48,
+        num_samples=6,
+        max_new_tokens=48,
+        **_finetunes(80, 15.0),
+    ),
+}
+
+
+@dataclass
+class Progress:
+    """Prints each stage with the elapsed time and an estimate of the time left (from measured rates)."""
+
+    plan: list[tuple[str, float]]  # (stage, estimated work units)
+    seconds_per_unit: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    done: int = 0
+
+    def begin(self, stage: str) -> None:
+        left = sum(self._estimate(kind, units) for kind, units in self.plan[self.done :])
+        elapsed = time.perf_counter() - self.started
+        print(
+            f"[{self.done + 1}/{len(self.plan)}] {stage}  (elapsed {elapsed / 60:.1f} min, "
+            f"about {left / 60:.0f} min left)",
+            flush=True,
+        )
+
+    def finish(self, kind: str, units: float, seconds: float | None) -> None:
+        if seconds is not None and units > 0:
+            self.seconds_per_unit[kind] = seconds / units
+        self.done += 1
+
+    def _estimate(self, kind: str, units: float) -> float:
+        # Priors measured on the 2-core CPU machine; replaced by this run's own rates once a stage of a kind ran.
+        prior = {"train": 16.0, "generate": 0.012}[kind]
+        return units * self.seconds_per_unit.get(kind, prior)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 1: the finetunes
+
+
+def train_finetune(finetune: Finetune, budget: Budget, checkpoints: Path, results: Path) -> tuple[Path, float | None]:
+    """Train (or resume, or reuse) one finetune; return its adapter folder and the seconds spent (None if cached)."""
+    from trl_diversity.cli.train import build_trainer, parse
+
+    folder = checkpoints / f"{finetune.name}-{finetune.key()}"
+    log_file = results / "training" / f"{finetune.name}-{finetune.key()}.json"
+    if (folder / "adapter_model.safetensors").is_file() and log_file.is_file():
+        return folder, None
+    started = time.perf_counter()
+    flags = {
+        "output_dir": folder,
+        "max_steps": finetune.max_steps,
+        "learning_rate": finetune.learning_rate,
+        "guidance_scale": finetune.guidance_scale,
+        "distill_divergence": finetune.distill_divergence,
+        "diversity_coef": finetune.diversity_coef,
+        "num_generations": finetune.num_generations,
+        "per_device_train_batch_size": finetune.per_device_train_batch_size,
+        "max_completion_length": finetune.max_completion_length,
+        "seed": finetune.seed,
+        "save_steps": budget.save_steps,
+        "report_prompts": 0,
+        "disable_tqdm": "true",
+    }
+    argv = [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+    trainer = build_trainer(*parse(argv))
+    resume = any(folder.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    if trainer.interrupted:
+        sys.exit(f"Interrupted while training {finetune.name}; rerun the same command to resume from its checkpoint.")
+    trainer.save_model(str(folder))
+    from trl_diversity.atomic import write_text_atomic
+
+    log = {"finetune": asdict(finetune), "key": finetune.key(), "log_history": trainer.state.log_history}
+    write_text_atomic(log_file, json.dumps(log, indent=1))
+    del trainer
+    return folder, time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 2: the evaluated points
+
+
+@dataclass(frozen=True)
+class Point:
+    family: str  # "cfg", "temperature" or "lerp"
+    value: float  # gamma, T or w
+    guidance_scale: float = 1.0
+    temperature: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return {"cfg": f"CFG {self.value:g}", "temperature": f"T={self.value:g}", "lerp": f"LERP w={self.value:g}"}[
+            self.family
+        ]
+
+
+def evaluation_priority(point: Point) -> tuple[int, float]:
+    """Finetunes and the strong CFG points (claims a, b), then the base, then the rest of each front (claim c)."""
+    rank = {("lerp", 0.0): 0, ("lerp", 1.0): 1, ("cfg", 3.0): 2, ("cfg", 2.0): 3, ("lerp", 0.5): 4}
+    if _is_base_sampler(point):
+        return (5, 0.0)
+    return (rank.get((point.family, point.value), 6), -point.value if point.family == "temperature" else point.value)
+
+
+def points_of(budget: Budget) -> list[Point]:
+    return (
+        [Point("cfg", g, guidance_scale=g) for g in budget.guidance_scales]
+        + [Point("temperature", t, temperature=t) for t in budget.temperatures]
+        + [Point("lerp", w) for w in budget.weights]
+    )
+
+
+def _is_base_sampler(point: Point) -> bool:
+    """T = 1 without CFG: one model and one sampler, whichever family lists it (CFG 1 and T=1 share one cache)."""
+    return point.family in ("cfg", "temperature") and point.guidance_scale == 1.0 and point.temperature == 1.0
+
+
+def point_file_stem(point: Point) -> str:
+    return "base-1" if _is_base_sampler(point) else f"{point.family}-{point.value:g}"
+
+
+def point_key(point: Point, budget: Budget, prompts: list[str]) -> str:
+    identity = {
+        "point": asdict(point),
+        "prompts": prompts,
+        "num_samples": budget.num_samples,
+        "max_new_tokens": budget.max_new_tokens,
+        "prompts_per_batch": budget.prompts_per_batch,
+        "seed": 0,
+        "models": [budget.quality.key(), budget.diversity.key()] if point.family == "lerp" else "base",
+    }
+    if _is_base_sampler(point):
+        identity["point"] = "base"
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def evaluate_point(point: Point, model_path: str, budget: Budget, prompts: list[str], context: dict) -> dict:
+    from trl_diversity.toolkit.evaluation import summarize
+    from trl_diversity.toolkit.generation import generate_records, load_generation_model
+
+    model, tokenizer = load_generation_model(model_path)
+    records = list(
+        generate_records(
+            model,
+            tokenizer,
+            prompts,
+            num_samples=budget.num_samples,
+            max_new_tokens=budget.max_new_tokens,
+            guidance_scale=point.guidance_scale,
+            temperature=point.temperature,
+            seed=0,
+            prompts_per_batch=budget.prompts_per_batch,
+            label=point.label,
+            progress=False,
+        )
+    )
+    entry = summarize(records, context["embedder"], fluency=context["fluency"])[point.label]
+    examples = [r["completion"] for r in records if r["prompt"] == prompts[0]]
+    return {"family": point.family, "value": point.value, "label": point.label, **entry, "examples": examples}
+
+
+def lerp_model(weight: float, adapters: dict[str, Path], checkpoints: Path, budget: Budget) -> str:
+    """The finetune itself at w = 0 and w = 1, else the exact LoRA interpolation (written once)."""
+    from trl_diversity.toolkit.merging import lerp_merge
+
+    if weight == 0.0:
+        return str(adapters["quality"])
+    if weight == 1.0:
+        return str(adapters["diversity"])
+    target = checkpoints / f"lerp-{weight:g}-{budget.quality.key()}-{budget.diversity.key()}"
+    if not target.exists():
+        lerp_merge(adapters["quality"], adapters["diversity"], weight, target)
+    return str(target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def run(budget_name: str, results: Path, checkpoints: Path, report: Path, report_only: bool) -> dict:
+    from trl_diversity.atomic import write_text_atomic
+    from trl_diversity.data import load_prompts
+
+    budget = BUDGETS[budget_name]
+    prompts = list(load_prompts("eval", limit=budget.num_prompts)["prompt"])
+    points = points_of(budget)
+    (results / "points").mkdir(parents=True, exist_ok=True)
+    cache = {p: results / "points" / f"{point_file_stem(p)}-{point_key(p, budget, prompts)}.json" for p in points}
+    if report_only:
+        missing = [p.label for p in points if not cache[p].is_file()]
+        if missing:
+            sys.exit(f"--report_only needs every point cached; missing: {', '.join(missing)}. Run without it.")
+    else:
+        generate_units = budget.num_prompts * budget.num_samples * budget.max_new_tokens
+        plan = [("train", budget.quality.max_steps), ("train", budget.diversity.max_steps)]
+        plan += [("generate", generate_units * (2 if p.guidance_scale != 1 else 1)) for p in points]
+        progress = Progress(plan)
+        adapters = {}
+        for finetune in (budget.quality, budget.diversity):
+            progress.begin(
+                f"finetune {finetune.name} (diversity_coef={finetune.diversity_coef:g}, {finetune.max_steps} steps)"
+            )
+            adapters[finetune.name], seconds = train_finetune(finetune, budget, checkpoints, results)
+            progress.finish("train", finetune.max_steps, seconds)
+        context = None
+        # The points the claims rest on first, so that an interrupted run has already answered the most.
+        order = sorted(zip(points, plan[2:]), key=lambda item: evaluation_priority(item[0]))
+        for point, (kind, units) in order:
+            progress.begin(f"evaluate {point.label}")
+            if cache[point].is_file():
+                progress.finish(kind, units, None)
+                continue
+            if context is None:
+                from trl_diversity.rewards.embedder import load_embedder
+                from trl_diversity.toolkit.generation import load_generation_model
+
+                context = {"embedder": load_embedder(None, device="cpu"), "fluency": load_generation_model("default")}
+            started = time.perf_counter()
+            model_path = (
+                "default" if point.family != "lerp" else lerp_model(point.value, adapters, checkpoints, budget)
+            )
+            entry = evaluate_point(point, model_path, budget, prompts, context)
+            write_text_atomic(cache[point], json.dumps(entry, indent=1))
+            progress.finish(kind, units, time.perf_counter() - started)
+        print(f"All stages done in {(time.perf_counter() - progress.started) / 60:.1f} min.", flush=True)
+
+    from reproduction_report import write_report
+
+    # The shared base point is labelled per family (CFG 1 / T=1) here, whichever family evaluated it first.
+    evaluated = {
+        p: {**json.loads(cache[p].read_text()), "family": p.family, "value": p.value, "label": p.label} for p in points
+    }
+    logs = {}
+    for finetune in (budget.quality, budget.diversity):
+        log_file = results / "training" / f"{finetune.name}-{finetune.key()}.json"
+        if log_file.is_file():
+            logs[finetune.name] = json.loads(log_file.read_text())
+    return write_report(budget_name, budget, prompts, evaluated, logs, report, results)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", choices=list(BUDGETS), default="small")
+    parser.add_argument("--results", default=None, help="cached points and training logs (default: per budget)")
+    parser.add_argument("--checkpoints", default=None, help="finetune checkpoints (default: outputs/reproduce-*)")
+    parser.add_argument("--report", default=None, help="Markdown report; plots are written beside it")
+    parser.add_argument("--report_only", action="store_true", help="rebuild the report from cached points only")
+    args = parser.parse_args(argv)
+    full = args.budget == "full"
+    results = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction-{args.budget}")
+    checkpoints = Path(args.checkpoints or ROOT / "outputs" / f"reproduce-{args.budget}")
+    report = Path(args.report or (ROOT / "docs" / "reproduction.md" if full else results / "reproduction.md"))
+    run(args.budget, results, checkpoints, report, args.report_only)
+    print(f"Report: {report}")
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reproduction_report.py lies beside this script
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""The report of `reproduce.py`: claims table, paired comparisons, front gaps at matched quality, plots.
+
+Everything here reads the cached points and training logs only, so `reproduce.py --report_only` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trl_diversity.atomic import write_text_atomic
+from trl_diversity.toolkit.comparison import matched_quality_gap, paired_difference
+
+QUALITY = "adherence"
+MINILM = "pairwise_diversity"
+# Diversity judges that training never saw: the partition count (NoveltyBench's distinct_k) and lexical measures.
+HELD_OUT = {"partitions": "higher", "distinct_2": "higher", "self_bleu": "lower"}
+FAMILIES = {
+    "cfg": ("CFG on the base (2 passes / token; 1 at gamma = 1)", "tab:red", "s"),
+    "temperature": ("temperature on the base (1 pass / token)", "tab:green", "^"),
+    "lerp": ("LERP of the two finetunes (1 pass / token)", "tab:blue", "o"),
+}
+TRAINING_CURVES = ("distill/divergence", "diversity/pairwise", "diversity/advantage_abs", "learning_rate")
+
+
+def _fmt(m: dict, digits: int = 3) -> str:
+    return f"{m['mean']:.{digits}f} [{m['low']:.{digits}f}, {m['high']:.{digits}f}]"
+
+
+def _signed(d: dict, digits: int = 3) -> str:
+    return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+def _excludes_zero(d: dict, direction: str) -> bool:
+    return d["low"] > 0 if direction == "higher" else d["high"] < 0
+
+
+def analyse(evaluated: dict) -> dict:
+    """Every comparison the claims rest on, from the points' per-prompt metrics."""
+    by_label = {point.label: entry for point, entry in evaluated.items()}
+    family = {name: [e for p, e in evaluated.items() if p.family == name] for name in FAMILIES}
+    cfg = sorted(family["cfg"], key=lambda e: e["value"])
+    lerp = {e["value"]: e for e in family["lerp"]}
+    quality_model, diversity_model = lerp[0.0], lerp[1.0]
+
+    def paired(a, b, metric):
+        return paired_difference(a["per_prompt"][metric], b["per_prompt"][metric])
+
+    analysis: dict = {"distillation": {}, "diversity": {}, "interpolation": {}, "fronts": {}}
+    # (a) the beta = 0 model against every CFG point: gamma* is the largest gamma whose adherence it matches (the
+    # paired CI of the difference reaches zero or above).
+    for entry in cfg:
+        analysis["distillation"][entry["label"]] = {
+            "gamma": entry["value"],
+            "adherence": paired(quality_model, entry, QUALITY),
+            "fluency_nll": paired(quality_model, entry, "fluency_nll"),
+        }
+    matched = [c for c in cfg if analysis["distillation"][c["label"]]["adherence"]["high"] >= 0]
+    gamma_star = max((c["value"] for c in matched), default=None)
+    analysis["gamma_star"] = gamma_star
+    star = next((c for c in cfg if c["value"] == gamma_star), cfg[0])
+
+    # (b) the diversity model against the beta = 0 model, and against CFG gamma*.
+    for metric in (QUALITY, MINILM, *HELD_OUT, "fluency_nll"):
+        analysis["diversity"][metric] = paired(diversity_model, quality_model, metric)
+    analysis["diversity_vs_cfg"] = {m: paired(diversity_model, star, m) for m in (QUALITY, MINILM, *HELD_OUT)}
+    # The paper's w = 0.5 model against base + CFG.
+    if 0.5 in lerp:
+        analysis["interpolation"] = {m: paired(lerp[0.5], star, m) for m in (QUALITY, MINILM, *HELD_OUT)}
+
+    # (c) fronts at matched quality, on the training judge and on each held-out judge.
+    pairs = [("lerp", "cfg"), ("lerp", "temperature"), ("cfg", "temperature")]
+    for metric, direction in {MINILM: "higher", **HELD_OUT}.items():
+        sign = 1 if direction == "higher" else -1
+        for a, b in pairs:
+            per_prompt = {
+                name: [
+                    {QUALITY: e["per_prompt"][QUALITY], metric: [sign * v for v in e["per_prompt"][metric]]}
+                    for e in family[name]
+                ]
+                for name in (a, b)
+            }
+            gap = matched_quality_gap(per_prompt[a], per_prompt[b], QUALITY, metric)
+            if gap is not None and sign < 0:  # report in the metric's own units: a negative self-BLEU gap is better
+                gap = {**gap, "mean": -gap["mean"], "low": -gap["high"], "high": -gap["low"]}
+            analysis["fronts"][f"{a} vs {b} on {metric}"] = gap
+    analysis["labels"] = {
+        "star": star["label"],
+        "quality": quality_model["label"],
+        "diversity": diversity_model["label"],
+    }
+    analysis["by_label"] = by_label
+    return analysis
+
+
+def claims(analysis: dict) -> list[dict]:
+    """The three targets of the evidence issue, each with its measured values and a verdict."""
+    rows = []
+    gamma_star = analysis["gamma_star"]
+    star = analysis["labels"]["star"]
+    distill = analysis["distillation"][star]
+    nll_ok = distill["fluency_nll"]["low"] <= 0
+    verdict = (
+        "holds"
+        if gamma_star is not None and gamma_star >= 2 and nll_ok
+        else ("partly" if gamma_star is not None and gamma_star > 1 else "does not hold")
+    )
+    rows.append(
+        {
+            "claim": "(a) CFG distillation (beta = 0) matches CFG's adherence at some gamma* >= 2, fluency NLL no "
+            "worse, at 1 forward pass per token",
+            "measured": f"gamma* = {gamma_star if gamma_star is not None else 'none'} (largest CFG scale whose "
+            f"adherence the beta = 0 model matches within the paired CI); adherence beta=0 - {star}: "
+            f"{_signed(distill['adherence'])}; fluency NLL difference {_signed(distill['fluency_nll'], 2)}",
+            "verdict": verdict,
+        }
+    )
+    diversity = analysis["diversity"]
+    base_minilm = analysis["by_label"][analysis["labels"]["quality"]]["metrics"][MINILM]["mean"]
+    base_adherence = analysis["by_label"][analysis["labels"]["quality"]]["metrics"][QUALITY]["mean"]
+    relative_gain = diversity[MINILM]["mean"] / base_minilm
+    relative_loss = -diversity[QUALITY]["mean"] / base_adherence
+    held_out = [m for m, direction in HELD_OUT.items() if _excludes_zero(diversity[m], direction)]
+    conditions = [relative_gain >= 0.20, relative_loss <= 0.05, bool(held_out)]
+    rows.append(
+        {
+            "claim": "(b) the diversity model raises MiniLM diversity >= 20% over beta = 0, loses <= 5% adherence, "
+            "and the gain shows in a held-out judge",
+            "measured": f"MiniLM diversity {relative_gain:+.1%} ({_signed(diversity[MINILM])}), adherence "
+            f"{-relative_loss:+.1%} ({_signed(diversity[QUALITY])}); held-out judges with a CI excluding zero: "
+            f"{', '.join(held_out) or 'none'} (partitions {_signed(diversity['partitions'], 2)}); diversity "
+            f"win rate vs beta = 0: {diversity[MINILM]['win_rate']:.0%} of prompts (paper: 79% of human ratings)",
+            "verdict": "holds"
+            if all(conditions)
+            else "partly"
+            if any(conditions[:1] + conditions[2:])
+            else "does not hold",
+        }
+    )
+    fronts = analysis["fronts"]
+    versus_cfg, versus_temperature = (
+        fronts.get(f"lerp vs cfg on {MINILM}"),
+        fronts.get(f"lerp vs temperature on {MINILM}"),
+    )
+    wins = [g is not None and g["low"] > 0 for g in (versus_cfg, versus_temperature)]
+    rows.append(
+        {
+            "claim": "(c) at matched adherence, the LERP front has more MiniLM diversity than the CFG and the "
+            "temperature fronts (paired CI of the gap above zero)",
+            "measured": f"gap vs CFG {_gap_text(versus_cfg)}; gap vs temperature {_gap_text(versus_temperature)}",
+            "verdict": "holds" if all(wins) else "partly" if any(wins) else "does not hold",
+        }
+    )
+    return rows
+
+
+def _gap_text(gap: dict | None) -> str:
+    if gap is None:
+        return "no shared adherence range"
+    low, high = gap["quality_range"]
+    return f"{_signed(gap)} over adherence {low:.3f}-{high:.3f}"
+
+
+def points_table(evaluated: dict) -> list[str]:
+    lines = [
+        "| point | adherence ↑ | MiniLM diversity ↑ | partitions ↑ (of k) | distinct-2 ↑ | self-BLEU ↓ | fluency NLL ↓ "
+        "| passes / token | tokens / s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for point, entry in evaluated.items():
+        m = entry["metrics"]
+        speed = entry.get("tokens_per_second")
+        lines.append(
+            f"| {point.label} | {_fmt(m[QUALITY])} | {_fmt(m[MINILM])} | {_fmt(m['partitions'], 2)} | "
+            f"{_fmt(m['distinct_2'])} | {_fmt(m['self_bleu'], 1)} | {_fmt(m['fluency_nll'], 2)} | "
+            f"{entry['forward_passes_per_token']} | {'' if speed is None else f'{speed:.1f}'} |"
+        )
+    return lines
+
+
+def comparisons_table(analysis: dict) -> list[str]:
+    lines = ["| comparison (A - B, same prompts) | metric | difference [95% CI] | A better on |", "|---|---|---|---|"]
+
+    def add(name, metric, d, direction="higher"):
+        better = d["win_rate"] if direction == "higher" else 1 - d["win_rate"]
+        lines.append(f"| {name} | {metric} | {_signed(d, 3)} | {better:.0%} of prompts |")
+
+    labels = analysis["labels"]
+    for label, entry in analysis["distillation"].items():
+        add(f"beta = 0 - {label}", QUALITY, entry["adherence"])
+        add(f"beta = 0 - {label}", "fluency NLL", entry["fluency_nll"], "lower")
+    for metric, d in analysis["diversity"].items():
+        add(
+            "diversity model - beta = 0",
+            metric,
+            d,
+            HELD_OUT.get(metric, "lower" if metric == "fluency_nll" else "higher"),
+        )
+    for metric, d in analysis["diversity_vs_cfg"].items():
+        add(f"diversity model - {labels['star']}", metric, d, HELD_OUT.get(metric, "higher"))
+    for metric, d in analysis["interpolation"].items():
+        add(f"LERP w=0.5 - {labels['star']}", metric, d, HELD_OUT.get(metric, "higher"))
+    return lines
+
+
+def fronts_table(analysis: dict) -> list[str]:
+    lines = [
+        "| fronts (A vs B) | diversity judge | mean gap A - B at matched adherence [95% CI] | shared adherence range "
+        "| resamples with overlap |",
+        "|---|---|---|---|---|",
+    ]
+    for name, gap in analysis["fronts"].items():
+        pair, metric = name.split(" on ")
+        if gap is None:
+            lines.append(f"| {pair} | {metric} | no shared range | | |")
+            continue
+        low, high = gap["quality_range"]
+        lines.append(
+            f"| {pair} | {metric} | {_signed(gap)} | {low:.3f}-{high:.3f} | {gap['overlapping_resamples']:.0%} |"
+        )
+    return lines
+
+
+def plot_fronts(evaluated: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for axis, metric, title in (
+        (axes[0], MINILM, "MiniLM pairwise diversity (the training reward's judge)"),
+        (axes[1], "partitions", "partition count, NoveltyBench distinct_k (held out)"),
+    ):
+        for family, (name, color, marker) in FAMILIES.items():
+            members = sorted(
+                ((p, e) for p, e in evaluated.items() if p.family == family),
+                key=lambda x: x[1]["metrics"][QUALITY]["mean"],
+            )
+            if not members:
+                continue
+            xs = [e["metrics"][QUALITY]["mean"] for _, e in members]
+            ys = [e["metrics"][metric]["mean"] for _, e in members]
+            xerr = [
+                [x - e["metrics"][QUALITY]["low"] for x, (_, e) in zip(xs, members)],
+                [e["metrics"][QUALITY]["high"] - x for x, (_, e) in zip(xs, members)],
+            ]
+            yerr = [
+                [y - e["metrics"][metric]["low"] for y, (_, e) in zip(ys, members)],
+                [e["metrics"][metric]["high"] - y for y, (_, e) in zip(ys, members)],
+            ]
+            axis.errorbar(
+                xs, ys, xerr=xerr, yerr=yerr, fmt=marker + "-", color=color, capsize=3, alpha=0.85, label=name
+            )
+            for index, (x, y, (point, _)) in enumerate(zip(xs, ys, members)):
+                offset = (5, 4) if index % 2 == 0 else (5, -11)
+                axis.annotate(point.label, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=color)
+        axis.set_xlabel("prompt adherence (MiniLM cosine of prompt and completion; higher is better)")
+        axis.set_ylabel(f"{metric.replace('_', ' ')} (higher is more diverse)")
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    figure.suptitle("Quality-diversity on the same eval prompts (means with 95% bootstrap CIs over prompts)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_training(logs: dict, path: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in TRAINING_CURVES if any(k in row for log in logs.values() for row in log["log_history"])]
+    figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        for name, log in logs.items():
+            rows = [row for row in log["log_history"] if key in row]
+            beta = log["finetune"]["diversity_coef"]
+            axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=f"{name} (beta = {beta:g})", alpha=0.8)
+        axis.set_title(key, fontsize=10)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return keys
+
+
+def training_summary(logs: dict) -> list[str]:
+    lines = [
+        "| finetune | steps | diversity/pairwise, first 8 steps -> last 8 | distill/divergence, first 8 -> last 8 "
+        "| train time |",
+        "|---|---|---|---|---|",
+    ]
+    for name, log in logs.items():
+        rows = [r for r in log["log_history"] if "diversity/pairwise" in r]
+
+        def window(key, part, rows=rows):
+            values = [r[key] for r in (rows[:8] if part == "first" else rows[-8:]) if key in r]
+            return sum(values) / len(values) if values else float("nan")
+
+        runtime = next((r.get("train_runtime") for r in log["log_history"] if "train_runtime" in r), None)
+        lines.append(
+            f"| {name} (beta = {log['finetune']['diversity_coef']:g}) | {log['finetune']['max_steps']} | "
+            f"{window('diversity/pairwise', 'first'):.3f} -> {window('diversity/pairwise', 'last'):.3f} | "
+            f"{window('distill/divergence', 'first'):.3f} -> {window('distill/divergence', 'last'):.3f} | "
+            f"{'' if runtime is None else f'{runtime / 60:.0f} min'} |"
+        )
+    return lines
+
+
+def write_report(budget_name, budget, prompts, evaluated, logs, report: Path, results: Path) -> dict:
+    analysis = analyse(evaluated)
+    rows = claims(analysis)
+    fronts_png = report.with_name(report.stem + "_fronts.png")
+    training_png = report.with_name(report.stem + "_training.png")
+    plot_fronts(evaluated, fronts_png)
+    curves = plot_training(logs, training_png) if logs else []
+    q, d = budget.quality, budget.diversity
+    lines = [
+        f"# Reproduction on SmolLM2-135M-Instruct (`--budget {budget_name}`)",
+        "",
+        f"Made by `python benchmarks/reproduce.py --budget {budget_name}`; the cached points and training logs are in "
+        f"`{results.relative_to(results.parents[2]) if len(results.parents) > 2 else results}`, and "
+        f"`--report_only` rebuilds this page from them.",
+        "",
+        "## Setup",
+        "",
+        f"- Eval: the first {len(prompts)} bundled eval prompts (the file interleaves the 12 forms), "
+        f"{budget.num_samples} samples each, {budget.max_new_tokens} new tokens, seed 0; every point sees the same "
+        "prompts, so comparisons are paired (bootstrap over prompts, 2000 resamples).",
+        f"- Finetunes: LoRA r=16 on every linear layer, {q.max_steps} steps of {q.per_device_train_batch_size} "
+        f"completions (k = {q.num_generations} per prompt, {q.max_completion_length} tokens), learning rate "
+        f"{q.learning_rate:g} (linear decay), teacher CFG {q.guidance_scale:g}, {q.distill_divergence}, seed "
+        f"{q.seed}, training prompts only. Quality model: diversity_coef = {q.diversity_coef:g}; diversity model: "
+        f"diversity_coef = {d.diversity_coef:g}.",
+        f"- Points: CFG gamma in {list(budget.guidance_scales)}, temperature T in {list(budget.temperatures)} "
+        f"(T = 1 and gamma = 1 are the same base-model point), LERP w in {list(budget.weights)} (w = 0 is the "
+        "quality model, w = 1 the diversity model; interior weights are the exact interpolation of the two LoRA "
+        "deltas).",
+        "- Judges: adherence and pairwise diversity use MiniLM, the training reward's embedder. Held out from "
+        "training: the partition count (NoveltyBench's `distinct_k` with its offline unigram equivalence rule), "
+        "distinct-2 and self-BLEU. Fluency: per-token NLL under the unguided base model.",
+        "",
+        "## Claims",
+        "",
+        "| target | measured (95% paired CIs) | verdict |",
+        "|---|---|---|",
+        *[f"| {row['claim']} | {row['measured']} | **{row['verdict']}** |" for row in rows],
+        "",
+        f"![fronts]({fronts_png.name})",
+        "",
+        "## Every point",
+        "",
+        *points_table(evaluated),
+        "",
+        "Means over prompts with 95% bootstrap CIs. Tokens per second are measured on a shared 2-core CPU: compare "
+        "them within this table only.",
+        "",
+        "## Paired comparisons",
+        "",
+        *comparisons_table(analysis),
+        "",
+        "## Fronts at matched adherence",
+        "",
+        "Each family's Pareto front is interpolated linearly in adherence; the gap is averaged over the adherence "
+        "range both fronts span. For self-BLEU a negative gap means A is more diverse.",
+        "",
+        *fronts_table(analysis),
+        "",
+    ]
+    if logs:
+        lines += ["## Training", "", *training_summary(logs), "", f"![training curves]({training_png.name})", ""]
+    examples = analysis["by_label"]
+    lines += ["## Samples for the first prompt", "", f"Prompt: {prompts[0]}", ""]
+    for label in (analysis["labels"]["star"], analysis["labels"]["quality"], analysis["labels"]["diversity"]):
+        lines += (
+            [f"**{label}**", ""] + [f"- {text.strip()[:200]!r}" for text in examples[label]["examples"][:3]] + [""]
+        )
+    write_text_atomic(report, "\n".join(lines) + "\n")
+    summary = {"claims": rows, "gamma_star": analysis["gamma_star"], "curves": curves}
+    write_text_atomic(results / "summary.json", json.dumps(summary, indent=1))
+    return summary
