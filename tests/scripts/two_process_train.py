@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer
 from trl_diversity.data import load_prompts
-from trl_diversity.rewards.embedder import completion_text
+from trl_diversity.rewards.text import completion_text
 
 torch.set_num_threads(1)
 checkpoint, output_dir = sys.argv[1], sys.argv[2]
@@ -41,7 +41,7 @@ if trainer.accelerator.is_main_process:
     result = {
         "num_processes": trainer.accelerator.num_processes,
         "completions": [completion_text(c) for c in trainer._logs["completion"]],
-        "diversity": list(trainer._logs["rewards"]["diversity"]),
+        "diversity": list(trainer._logs["extra"]["diversity_reward"]),
         "log_history": trainer.state.log_history,
     }
     with open(os.path.join(output_dir, "result.json"), "w") as f:
