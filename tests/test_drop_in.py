@@ -185,3 +185,11 @@ def test_iterable_datasets_train_and_checkpoints_save_with_the_method_on(tiny_ch
     assert (checkpoint / "trainer_state.json").is_file()
     reloaded = AutoModelForCausalLM.from_pretrained(checkpoint)
     assert torch.equal(reloaded.lm_head.weight, trainer.model.lm_head.weight)
+
+
+def test_evaluation_with_one_sample_per_prompt_logs_no_diversity(tiny_checkpoint, tmp_path):
+    trainer = method_on_trainer(tiny_checkpoint, tmp_path, num_generations_eval=1, log_completions=True)
+    metrics = trainer.evaluate()  # writes GRPO's completions table: its columns must have equal lengths
+    assert "eval_distill/divergence" in metrics and not any("diversity" in key for key in metrics)
+    assert len(trainer._logs["extra"]["diversity_reward"]) == len(trainer._logs["prompt"])
+    assert (tmp_path / "out" / "completions").is_dir()

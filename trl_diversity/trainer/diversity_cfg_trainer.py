@@ -351,6 +351,10 @@ class DiversityCFGTrainer(GRPOTrainer):
         rewards = self._latest_diversity_rewards
         if rewards is not None:
             self._add_diversity_advantages(output, rewards, mode)
+        elif self.diversity_reward is not None:  # one sample per prompt (evaluation): nothing to compare
+            # Keeps the completions table's columns of equal length.
+            global_size = output["advantages"].shape[0] * self.accelerator.num_processes
+            self._logs["extra"]["diversity_reward"].extend([float("nan")] * global_size)
         if self.args.distill_coef > 0:
             output["teacher_hidden_states"] = self._teacher_hidden_states(output, is_conversational(inputs[0]))
         return output
