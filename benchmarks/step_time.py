@@ -153,7 +153,7 @@ def instrument_distillation(recorder: StepRecorder):
 
 def length_reward(completions, **kwargs):
     """The cheap reward plain GRPO needs: completion length / 100."""
-    from trl_diversity.rewards.embedder import completion_text
+    from trl_diversity.rewards.text import completion_text
 
     return [len(completion_text(c)) / 100 for c in completions]
 

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_group_rewards import rank_by_length
 from transformers import AutoModelForCausalLM
 
-from trl_diversity import group_diversity_rewards
-from trl_diversity.rewards.embedder import embed, load_embedder
+from trl_diversity import diversity_advantages, group_diversity_rewards
+from trl_diversity.rewards import EmbeddingDiversity, LexicalDiversity, PartitionDiversity, score_groups
+from trl_diversity.rewards.embedder import embed
+from trl_diversity.rewards.group import Processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_train.py"
 MULTI_CPU = Path(__file__).resolve().parent.parent / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
@@ -30,17 +33,49 @@ def launch(*arguments):
     return run
 
 
+def one_process_rewards(reward, prompts, completions):
+    """What a group reward gives on one process, stored as GRPO stores rewards (float32)."""
+    rewards = score_groups(reward, prompts, completions, 4, processes=Processes(0, 1, list))
+    return torch.tensor(rewards).tolist()
+
+
 @pytest.mark.slow
-def test_two_processes_compute_the_same_diversity_rewards_as_one(tiny_checkpoint, tmp_path):
+def test_two_processes_score_whole_groups_once_and_give_the_one_process_rewards(tiny_checkpoint, tmp_path):
     launch(str(SCRIPT), tiny_checkpoint, str(tmp_path))
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["num_processes"] == 2
-    completions, logged = result["completions"], torch.tensor(result["diversity"])
-    assert len(completions) == 4  # one group of 4, split 2 + 2 across the processes
+    embedding = EmbeddingDiversity(None)
+    measures = {"lexical": LexicalDiversity(), "partition": PartitionDiversity(), "rank_by_length": rank_by_length}
 
-    expected = group_diversity_rewards(embed(load_embedder(None), completions), 4)
-    torch.testing.assert_close(logged, expected, atol=1e-4, rtol=1e-4)
-    assert all("loss" in entry for entry in result["log_history"][:2])
+    # 1. DiversityCFGTrainer, 2 completions per process: each step's one group of 4 spans both processes.
+    ours = result["ours"]
+    assert len(ours["steps"]) == 2
+    for step, step_number in zip(ours["steps"], range(2)):
+        prompts, completions = step["prompts"], step["completions"]
+        assert len(completions) == 4 and len(set(prompts)) == 1
+        # The diversity term (embedding) and every group reward used as a quality reward: the one-process values.
+        expected = group_diversity_rewards(embed(embedding.embedder, completions), 4)
+        torch.testing.assert_close(torch.tensor(step["diversity"]), expected, atol=1e-6, rtol=0)
+        for name, measure in measures.items():
+            assert step["rewards"][name] == one_process_rewards(measure, prompts, completions), name
+        # Each process added its own slice of diversity_coef * (d_i - b_i) to GRPO's advantages.
+        total = [a for process in ours["processes"] for a in process["advantages"][step_number]]
+        diversity = result["diversity_coef"] * diversity_advantages(torch.tensor(step["diversity"]), 4)
+        torch.testing.assert_close(torch.tensor(total), torch.tensor(step["grpo_advantages"]) + diversity)
+    # The user reward scored each group once in total (not once per process).
+    calls = [prompt for process in ours["processes"] for prompt in process["calls"]]
+    assert sorted(calls) == sorted(step["prompts"][0] for step in ours["steps"])
+
+    # 2. Plain GRPOTrainer with the wrapper, 6 completions per process: 3 groups per step, shared out.
+    grpo = result["grpo"]
+    for step in grpo["steps"]:
+        expected = one_process_rewards(rank_by_length, step["prompts"], step["completions"])
+        assert step["rewards"]["rank_by_length"] == expected
+    calls = [process["calls"] for process in grpo["processes"]]
+    assert all(calls), "both processes scored groups"
+    assert sorted(calls[0] + calls[1]) == sorted(p for step in grpo["steps"] for p in step["prompts"][::4])
+
+    assert all("loss" in entry for entry in ours["log_history"][:2])
     saved = AutoModelForCausalLM.from_pretrained(tmp_path)
     initial = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     assert not torch.equal(saved.lm_head.weight, initial.lm_head.weight)  # trained, saved once, loadable

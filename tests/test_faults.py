@@ -113,13 +113,11 @@ def test_a_signal_saves_a_checkpoint_that_resumes(tiny_checkpoint, tmp_path, sig
 
 
 def test_empty_or_identical_completions_get_finite_zero_diversity(tiny_checkpoint, tmp_path):
-    from trl_diversity import diversity_advantages
+    from trl_diversity.rewards import group_advantages
 
     trainer = make_trainer(tiny_checkpoint, tmp_path)
-    trainer.model.train()
-    for completions in (["", "", "", ""] * 2, ["the same words"] * 8):
-        rewards = trainer.diversity(prompts=["p"] * 8, completions=completions)
-        assert torch.isfinite(torch.tensor(rewards)).all()
-        assert max(abs(r) for r in rewards) < 1e-5  # identical samples: zero diversity, not NaN
-        advantages = diversity_advantages(trainer._latest_diversity_rewards, 4)
-        assert torch.isfinite(advantages).all()
+    for group in (["", "", "", ""], ["the same words"] * 4):
+        rewards = torch.tensor(trainer.diversity_reward(prompts=["p", "q"], completions=[group, group])).flatten()
+        assert torch.isfinite(rewards).all()
+        assert rewards.abs().max() < 1e-5  # identical samples: zero diversity, not NaN
+        assert torch.isfinite(group_advantages(rewards, 4, pairwise=True)).all()

@@ -8,25 +8,25 @@ from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer, diversity_adv
 from trl_diversity.data import load_prompts
 from trl_diversity.trainer.divergence import token_divergence
 
+# A few fast steps on a tiny model on CPU (GRPOConfig fields only: GRPOConfig(**TINY_RUN) works too).
+TINY_RUN = dict(
+    use_cpu=True,
+    bf16=False,
+    max_steps=3,
+    per_device_train_batch_size=8,
+    num_generations=4,
+    max_completion_length=8,
+    learning_rate=1e-2,
+    logging_steps=1,
+    report_to="none",
+    save_strategy="no",
+    gradient_checkpointing=False,
+    seed=0,
+)
+
 
 def make_args(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        max_steps=3,
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=8,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-    )
-    settings.update(overrides)
-    return DiversityCFGConfig(**settings)
+    return DiversityCFGConfig(output_dir=str(tmp_path / "out"), **{**TINY_RUN, **overrides})
 
 
 def make_trainer(checkpoint, tmp_path, conversational=True, prompts=16, model=None, **overrides):
@@ -148,9 +148,10 @@ def test_extra_reward_functions_keep_working(tiny_checkpoint, tmp_path):
 
     trainer = make_trainer(tiny_checkpoint, tmp_path, reward_funcs=[brevity], reward_weights=[2.0], max_steps=2)
     trainer.train()
-    assert logged(trainer, "rewards/brevity/mean") and logged(trainer, "rewards/diversity/mean")
+    assert logged(trainer, "rewards/brevity/mean") and logged(trainer, "diversity/reward/mean")
     assert trainer.args.reward_weights == [2.0]  # the user's config is left as it was
-    assert trainer.reward_weights.tolist() == [2.0, 0.0]
+    assert trainer.reward_weights.tolist() == [2.0]  # GRPO's reward lists hold what the user passed, nothing more
+    assert trainer.reward_funcs == [brevity] and trainer.reward_func_names == ["brevity"]
 
 
 def test_in_memory_model_gets_a_frozen_teacher_copy(tiny_checkpoint, tmp_path):

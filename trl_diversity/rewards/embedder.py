@@ -8,6 +8,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from trl_diversity.defaults import resolve_embedder
+from trl_diversity.rewards.text import completion_text  # noqa: F401  (its former home; kept importable here)
 
 
 def load_embedder(name_or_path: str | None, device: torch.device | str | None = None) -> SentenceTransformer:
@@ -26,19 +27,6 @@ def load_embedder(name_or_path: str | None, device: torch.device | str | None = 
             f"Could not load the diversity embedder {resolved!r} as a sentence-transformers model ({error}). Pass "
             "the folder or hub id of a sentence-transformers model, or None for the embedded default."
         ) from error
-
-
-def completion_text(completion) -> str:
-    """The text of a completion: a string, or (conversational) the contents of its messages."""
-    if isinstance(completion, str):
-        return completion
-    parts = []
-    for message in completion:
-        content = message.get("content", "")
-        if isinstance(content, list):  # content blocks
-            content = " ".join(block.get("text", "") for block in content if isinstance(block, dict))
-        parts.append(content or "")
-    return "\n".join(parts)
 
 
 @torch.no_grad()

@@ -24,7 +24,10 @@ METRICS = {
     "distinct_1": ("higher", "unique unigrams / unigrams"),
     "distinct_2": ("higher", "unique bigrams / bigrams"),
     "self_bleu": ("lower", "mean BLEU of each sample against the others"),
-    "partitions": ("higher", "equivalence classes among a prompt's k samples (NoveltyBench's distinct_k, unigram rule)"),
+    "partitions": (
+        "higher",
+        "equivalence classes among a prompt's k samples (NoveltyBench's distinct_k, unigram rule)",
+    ),
 }
 
 

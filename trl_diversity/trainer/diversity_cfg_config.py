@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from trl_diversity.rewards.registry import check_group_reward_name
 from trl_diversity.trainer.divergence import DIVERGENCES
 
 
@@ -49,14 +50,27 @@ class DiversityCFGConfig(GRPOConfig):
         default=15.0,
         metadata={
             "help": "Weight of the diversity reward (the paper's beta): the advantage of each sample is "
-            "diversity_coef * (d_i - b_i), not divided by any standard deviation. 0 = pure CFG distillation."
+            "diversity_coef * (r_i - b_i), not divided by any standard deviation. 0 = pure CFG distillation (the "
+            "diversity is still measured and logged while distill_coef > 0). With both coefficients 0 the trainer is "
+            "plain GRPO on reward_funcs."
+        },
+    )
+    diversity_reward: str = field(
+        default="embedding",
+        metadata={
+            "help": "The diversity term, a group reward r_i over each prompt's samples. 'embedding': mean 1 - cos "
+            "to the other samples with diversity_embedder (the paper's); 'lexical': mean 1 - Jaccard overlap of word "
+            "1-2-grams (no model); 'partition': share of the other samples not equivalent to it under the unigram "
+            "rule of evaluation's distinct_k (no model); or 'module:function' for your own group reward. The "
+            "baseline b_i is exact leave-one-out for the built-ins (pairwise means), RLOO (mean of the other k-1 "
+            "rewards) otherwise."
         },
     )
     diversity_embedder: str | None = field(
         default=None,
         metadata={
-            "help": "sentence-transformers model (path or hub id) that embeds completions for the diversity "
-            "reward. None uses the embedded default, all-MiniLM-L6-v2."
+            "help": "sentence-transformers model (path or hub id) that embeds completions for "
+            "diversity_reward='embedding'. None uses the embedded default, all-MiniLM-L6-v2."
         },
     )
     unconditional_prompt: str = field(
@@ -94,6 +108,13 @@ class DiversityCFGConfig(GRPOConfig):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}. Use 0 to turn the term off.")
+        check_group_reward_name(self.diversity_reward)
+        if self.diversity_embedder is not None and self.diversity_reward != "embedding":
+            warnings.warn(
+                f"diversity_embedder={self.diversity_embedder!r} is unused: diversity_reward="
+                f"{self.diversity_reward!r} needs no embedder.",
+                stacklevel=3,
+            )
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be at least 1, got {self.max_nonfinite_steps}.")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale <= 0:

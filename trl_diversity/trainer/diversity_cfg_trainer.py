@@ -2,14 +2,18 @@
 
 What this class adds to `trl.GRPOTrainer`, and where:
 
-- `__init__`: loads the embedder, registers the diversity reward as one more GRPO reward column (so GRPO gathers,
-  logs and tables it) with weight 0 in GRPO's normalised advantage, and sets up the frozen CFG teacher.
-- `diversity` (the reward column): embeds the completions, gathers them from every process (a prompt's group can
-  span processes) and returns each completion's mean dissimilarity to its group.
-- `_generate_and_score_completions`: adds `diversity_coef * (d_i - b_i)` to GRPO's advantages (no std division, so
+- `__init__`: resolves the diversity term (`diversity_reward`: a built-in measure or the user's group reward; the
+  embedder is loaded only for `embedding`) and sets up the frozen CFG teacher. GRPO's reward lists stay exactly what
+  the user passed: the diversity term is not a GRPO reward column.
+- `_calculate_rewards`: GRPO calls it on every process with exactly what reward functions get; the diversity term is
+  scored there, whole groups gathered across processes (a prompt's group can span them), each group once.
+- `_generate_and_score_completions`: adds `diversity_coef * (r_i - b_i)` to GRPO's advantages (no std division, so
   `diversity_coef` is a real weight) and runs the teacher on the conditional and unconditional contexts.
 - `_compute_loss`: GRPO's loss plus `distill_coef` times the teacher-student divergence, computed from the hidden
   states of the very forward pass GRPO runs for its log-probabilities.
+
+With `distill_coef=0` and `diversity_coef=0` none of this runs (no embedder, no teacher, no extra metric): the
+trainer is GRPO on the user's `reward_funcs`.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing, prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, get_config_model_id, use_adapter
 
-from trl_diversity.rewards.diversity import diversity_advantages, group_diversity_rewards
-from trl_diversity.rewards.embedder import completion_text, embed, load_embedder
+from trl_diversity.rewards.baselines import group_advantages, is_pairwise
+from trl_diversity.rewards.group import LOCAL_KWARGS, score_groups
+from trl_diversity.rewards.registry import resolve_group_reward
 from trl_diversity.trainer.divergence import chunked_token_divergence
 from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
 from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
@@ -34,14 +39,16 @@ from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
 from trl_diversity.trainer.teacher import guided_teacher_hidden_states
 from trl_diversity.trainer.validation import check_chat_template, check_prompt_dataset
 
-TEACHER_ADAPTER = "cfg_teacher"
+# The frozen copy of a user-supplied adapter: the teacher is the initial policy, which GRPO's convention calls "ref".
+TEACHER_ADAPTER = "ref"
 
 
 class DiversityCFGTrainer(GRPOTrainer):
     """Diversity-rewarded CFG distillation (Cideron et al., ICLR 2025) as a drop-in `GRPOTrainer`.
 
     The constructor is GRPO's. `reward_funcs` is optional: the diversity reward and the distillation loss are built
-    in, and extra reward functions add quality rewards through GRPO's own machinery (normalised as GRPO does).
+    in, and extra reward functions add quality rewards through GRPO's own machinery (normalised as GRPO does; a group
+    reward enters there through `trl_diversity.rewards.as_reward_function`).
     """
 
     _tag_names = ["trl", "grpo", "trl-diversity", "cfg-distillation"]
@@ -75,20 +82,18 @@ class DiversityCFGTrainer(GRPOTrainer):
         user_reward_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
         )
-        if (
-            args.distill_coef == 0
-            and args.diversity_coef == 0
-            and not user_reward_funcs
-            and environment_factory is None
-        ):
+        method_on = args.distill_coef > 0 or args.diversity_coef > 0
+        if not method_on and not user_reward_funcs and environment_factory is None:
             raise ValueError(
                 "Nothing to train on: distill_coef=0 and diversity_coef=0, and no reward_funcs were given. Set "
                 "distill_coef > 0 (CFG distillation), diversity_coef > 0 (diversity reward), or pass reward_funcs."
             )
-        check_prompt_dataset(train_dataset)
+        # An environment may supply the prompts; only CFG needs them non-empty (it contrasts them with the null one).
+        check_prompt = dict(require_prompt=environment_factory is None, allow_empty=args.distill_coef == 0)
+        check_prompt_dataset(train_dataset, **check_prompt)
         evaluation_sets = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
         for split, dataset in evaluation_sets.items():
-            check_prompt_dataset(dataset, f"eval_dataset[{split!r}]" if split else "eval_dataset")
+            check_prompt_dataset(dataset, f"eval_dataset[{split!r}]" if split else "eval_dataset", **check_prompt)
         if (
             args.teacher_model is not None
             and _looks_local(args.teacher_model)
@@ -111,26 +116,32 @@ class DiversityCFGTrainer(GRPOTrainer):
             initial_policy = copy.deepcopy(model)
         user_adapter_model = peft_config is None and not isinstance(model, str) and is_peft_model(model)
 
-        self.embedder = load_embedder(args.diversity_embedder, device=args.device)
+        # The diversity term is measured whenever the method runs, also at diversity_coef=0 (logged, to watch CFG
+        # distillation collapse diversity), and never with the method off. Resolved before any model loads, so a bad
+        # name or a missing embedder fails fast.
+        self.diversity_reward = (
+            resolve_group_reward(args.diversity_reward, args.diversity_embedder, device=args.device)
+            if method_on
+            else None
+        )
+        self.embedder = getattr(self.diversity_reward, "embedder", None)  # loaded for diversity_reward="embedding"
         self._latest_diversity_rewards: torch.Tensor | None = None
 
-        # GRPO turns every reward column into a normalised advantage. The diversity column gets weight 0 there: its
-        # advantage is added unnormalised in `_generate_and_score_completions`.
+        # GRPO refuses to start without a reward source. With the method on and no quality reward, it gets a
+        # placeholder for its construction only, removed right after: the reward lists stay what the user passed.
+        placeholder = method_on and not user_reward_funcs
         user_weights = args.reward_weights
-        if user_weights is not None and len(user_weights) != len(user_reward_funcs):
-            raise ValueError(
-                f"reward_weights has {len(user_weights)} entries but {len(user_reward_funcs)} reward functions were "
-                "given; the built-in diversity reward takes no entry (its weight is diversity_coef)."
-            )
-        if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
-            reward_processing_classes = [reward_processing_classes]
-        if reward_processing_classes is not None:
-            reward_processing_classes = [*reward_processing_classes, None]
-        args.reward_weights = [*(user_weights or [1.0] * len(user_reward_funcs)), 0.0]
+        if placeholder:
+            reward_funcs = [_no_quality_reward]
+            if user_weights is not None:
+                args.reward_weights = [0.0, *user_weights]
+            if reward_processing_classes is not None:
+                listed = reward_processing_classes if isinstance(reward_processing_classes, list) else [None]
+                reward_processing_classes = [None, *listed]
         try:
             super().__init__(
                 model=model,
-                reward_funcs=[*user_reward_funcs, self.diversity],
+                reward_funcs=reward_funcs,
                 args=args,
                 train_dataset=train_dataset,
                 eval_dataset=eval_dataset,
@@ -146,14 +157,23 @@ class DiversityCFGTrainer(GRPOTrainer):
             )
         finally:
             args.reward_weights = user_weights
+        if placeholder:
+            del self.reward_funcs[0], self.reward_func_names[0], self.reward_processing_classes[0]
+            self.reward_weights = self.reward_weights[1:]
+        if not self.reward_funcs:
+            # No reward column at all: both aggregations give zero GRPO advantages, and only the sum form accepts an
+            # empty reward matrix (normalize_then_sum reshapes it by the number of reward functions).
+            self.multi_objective_aggregation = "sum_then_normalize"
         check_chat_template(train_dataset, self._tokenizer)
         self.interrupted = False  # set when SIGINT/SIGTERM stopped the run after saving a checkpoint
-        self.add_callback(NonFiniteStepGuard(self, args.max_nonfinite_steps))
+        # With the method off the guard still protects the weights, but logs no metric of its own: GRPO's logs stay
+        # GRPO's.
+        self.add_callback(NonFiniteStepGuard(self, args.max_nonfinite_steps, log_metric=method_on))
         self.add_callback(SignalCheckpoint(self))
 
         self._unconditional_ids_cache: dict[bool, list[int]] = {}
         self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation
-        self._teacher_adapter = None  # with a user-supplied adapter: the name of its frozen copy
+        self._teacher_adapter = None  # with a user-supplied adapter: the name of its frozen copy ("ref")
         if args.distill_coef > 0:
             self._set_up_teacher(initial_policy, user_adapter_model)
 
@@ -224,16 +244,21 @@ class DiversityCFGTrainer(GRPOTrainer):
             )
 
     def _freeze_adapter_copy(self) -> str:
-        """The initial policy is base + the user's adapter: keep a frozen copy of that adapter as the teacher."""
+        """The initial policy is base + the user's adapter: keep a frozen copy of that adapter as the teacher.
+
+        GRPO names the frozen copy of the initial adapter "ref" (it makes one itself when `beta != 0`); the teacher is
+        that same initial policy, so it is the same adapter under the same name, shared when GRPO made it already.
+        """
         unwrapped = self.accelerator.unwrap_model(self.model)
-        if "ref" in unwrapped.peft_config:
-            return "ref"  # GRPO already froze one as its reference
-        unwrapped.add_adapter(TEACHER_ADAPTER, unwrapped.peft_config["default"])
+        if TEACHER_ADAPTER not in unwrapped.peft_config:
+            unwrapped.add_adapter(TEACHER_ADAPTER, unwrapped.peft_config["default"])
+            for name, param in unwrapped.named_parameters():
+                if f".{TEACHER_ADAPTER}." in name:
+                    param.data.copy_(unwrapped.get_parameter(name.replace(f".{TEACHER_ADAPTER}.", ".default.")).data)
+            unwrapped.set_adapter("default")
         for name, param in unwrapped.named_parameters():
             if f".{TEACHER_ADAPTER}." in name:
-                param.data.copy_(unwrapped.get_parameter(name.replace(f".{TEACHER_ADAPTER}.", ".default.")).data)
                 param.requires_grad_(False)
-        unwrapped.set_adapter("default")
         return TEACHER_ADAPTER
 
     def _unconditional_ids(self, conversational: bool) -> list[int]:
@@ -279,21 +304,38 @@ class DiversityCFGTrainer(GRPOTrainer):
         return language_model(self.accelerator.unwrap_model(owner)).get_output_embeddings()
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Diversity reward
+    # Diversity term
 
-    def diversity(self, prompts, completions, **kwargs) -> list[float]:
-        """GRPO reward column: each completion's mean `1 - cos` to the other completions of its prompt."""
-        local = embed(self.embedder, [completion_text(c) for c in completions]).to(self.accelerator.device)
-        # A prompt's group may span processes: compare against the gathered global batch, keep the local slice.
-        embeddings = self.accelerator.gather(local)
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # GRPO calls this on every process together, with exactly what reward functions receive: the place to score
+        # the diversity term (its scoring gathers across processes). It is kept out of GRPO's reward columns.
+        self._latest_diversity_rewards = self._score_diversity(inputs, prompts, completions, completion_ids_list)
+        if self.reward_funcs:
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # No quality reward: an empty reward matrix (GRPO's advantages are then 0), without GRPO's warning that
+        # "all reward functions returned None" (there are none).
+        global_size = len(prompts) * self.accelerator.num_processes
+        return torch.zeros(global_size, 0, device=self.accelerator.device)
+
+    def _score_diversity(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor | None:
+        """The diversity reward `r_i` of every completion of the global batch (`[N]`), or None when not measured."""
         num_generations = self.num_generations if self.model.training else self.num_generations_eval
-        if num_generations < 2:
-            self._latest_diversity_rewards = None
-            return [float("nan")] * len(completions)
-        rewards = group_diversity_rewards(embeddings, num_generations)
-        self._latest_diversity_rewards = rewards
-        start = self.accelerator.process_index * len(completions)
-        return rewards[start : start + len(completions)].tolist()
+        if self.diversity_reward is None or num_generations < 2:
+            return None  # the method is off, or (evaluation with one sample per prompt) there is nothing to compare
+        # The same per-completion columns GRPO passes its reward functions.
+        keys = [key for key in inputs[0] if key not in ("prompt", "completion", "completion_ids", *LOCAL_KWARGS)]
+        columns = {key: [example[key] for example in inputs] for key in keys}
+        columns["completion_ids"] = completion_ids_list
+        rewards = score_groups(
+            self.diversity_reward,
+            prompts,
+            completions,
+            num_generations,
+            columns,
+            extra={"trainer_state": self.state},
+            name=f"diversity_reward={self.args.diversity_reward}",
+        )
+        return torch.tensor(rewards, dtype=torch.float32)
 
     # ----------------------------------------------------------------------------------------------------------------
     # GRPO hooks
@@ -301,20 +343,39 @@ class DiversityCFGTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
+        if not self.reward_funcs:
+            # GRPO reads an empty reward matrix as "no reward returned" and logs NaN; with no quality reward its
+            # reward is identically 0, so log what a zero reward gives (as before the diversity left GRPO's columns).
+            metrics = self._metrics[mode]
+            metrics["reward"][-1], metrics["reward_std"][-1], metrics["frac_reward_zero_std"][-1] = 0.0, 0.0, 1.0
         rewards = self._latest_diversity_rewards
         if rewards is not None:
-            num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-            advantages = diversity_advantages(rewards, num_generations)
-            start = self.accelerator.process_index * len(inputs)
-            local = advantages[start : start + len(inputs)].to(output["advantages"].device)
-            output["advantages"] = output["advantages"] + self.args.diversity_coef * local
-            self._metrics[mode]["diversity/pairwise"].append(rewards.mean().item())
-            self._metrics[mode]["diversity/advantage_abs"].append(
-                (self.args.diversity_coef * advantages).abs().mean().item()
-            )
+            self._add_diversity_advantages(output, rewards, mode)
+        elif self.diversity_reward is not None:  # one sample per prompt (evaluation): nothing to compare
+            # Keeps the completions table's columns of equal length.
+            global_size = output["advantages"].shape[0] * self.accelerator.num_processes
+            self._logs["extra"]["diversity_reward"].extend([float("nan")] * global_size)
         if self.args.distill_coef > 0:
             output["teacher_hidden_states"] = self._teacher_hidden_states(output, is_conversational(inputs[0]))
         return output
+
+    def _add_diversity_advantages(self, output: dict, rewards: torch.Tensor, mode: str) -> None:
+        """`diversity_coef * (r_i - b_i)` added to GRPO's advantages (this process's slice), and the metrics."""
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        pairwise = is_pairwise(self.diversity_reward)
+        advantages = self.args.diversity_coef * group_advantages(rewards, num_generations, pairwise)
+        local_size = output["advantages"].shape[0]
+        start = self.accelerator.process_index * local_size
+        if self.args.diversity_coef > 0:
+            local = advantages[start : start + local_size].to(output["advantages"].device)
+            output["advantages"] = output["advantages"] + local
+        metrics = self._metrics[mode]
+        if pairwise:  # the group's mean reward is its mean pairwise dissimilarity: the paper's diversity
+            metrics["diversity/pairwise"].append(rewards.mean().item())
+        metrics["diversity/reward/mean"].append(rewards.mean().item())
+        metrics["diversity/reward/std"].append(rewards.std().item() if rewards.numel() > 1 else 0.0)
+        metrics["diversity/advantage_abs"].append(advantages.abs().mean().item())
+        self._logs["extra"]["diversity_reward"].extend(rewards.tolist())  # a column of GRPO's completions table
 
     def _compute_loss(self, model, inputs):
         if self.args.distill_coef == 0:
@@ -350,7 +411,8 @@ class DiversityCFGTrainer(GRPOTrainer):
             per_token,
             mask,
             self.loss_type,
-            accumulation_steps=self.current_gradient_accumulation_steps,
+            # Set by `Trainer.train()`: absent when evaluating before any training step (and unused in evaluation).
+            accumulation_steps=self.current_gradient_accumulation_steps if mode == "train" else 1,
             max_completion_length=self.max_completion_length,
             num_items_in_batch=inputs.get("num_items_in_batch"),
             num_processes=self.accelerator.num_processes,
@@ -365,6 +427,11 @@ class DiversityCFGTrainer(GRPOTrainer):
 
     def _student_head(self, model) -> torch.nn.Module:
         return language_model(self.accelerator.unwrap_model(model)).get_output_embeddings()
+
+
+def _no_quality_reward(completions, **kwargs):
+    """Placeholder reward source for GRPO's constructor only (see `__init__`); never called."""
+    raise RuntimeError("The placeholder reward should have been removed after construction.")
 
 
 def _looks_local(name: str) -> bool:

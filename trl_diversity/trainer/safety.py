@@ -20,9 +20,10 @@ class NonFiniteStepGuard(TrainerCallback):
     learned nothing, or a corrupted one. The fraction of skipped steps is logged as `nonfinite_steps_skipped`.
     """
 
-    def __init__(self, trainer, patience: int):
+    def __init__(self, trainer, patience: int, log_metric: bool = True):
         self.trainer = trainer
         self.patience = patience
+        self.log_metric = log_metric  # off when the trainer must log exactly what GRPO logs (the method off)
         self.consecutive = 0
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -33,7 +34,8 @@ class NonFiniteStepGuard(TrainerCallback):
         finite = torch.stack([g.isfinite().all() for g in grads]).all() if grads else torch.tensor(True)
         # Every process must take the same decision, or their weights would drift apart.
         finite = bool(self.trainer.accelerator.reduce(finite.float().to(self.trainer.accelerator.device), "min"))
-        self.trainer._metrics["train"]["nonfinite_steps_skipped"].append(0.0 if finite else 1.0)
+        if self.log_metric:
+            self.trainer._metrics["train"]["nonfinite_steps_skipped"].append(0.0 if finite else 1.0)
         if finite:
             self.consecutive = 0
             return

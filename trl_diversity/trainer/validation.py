@@ -6,9 +6,12 @@ from datasets import Dataset, IterableDataset
 from trl.data_utils import is_conversational
 
 
-def check_prompt_dataset(dataset, name: str = "train_dataset") -> None:
-    """A `prompt` column with no empty prompt (standard strings or conversational message lists)."""
-    if dataset is None or not isinstance(dataset, (Dataset, IterableDataset)):
+def check_prompt_dataset(
+    dataset, name: str = "train_dataset", require_prompt: bool = True, allow_empty: bool = False
+) -> None:
+    """A `prompt` column (unless an environment supplies prompts) with no empty prompt (unless `allow_empty`: only
+    CFG needs a non-empty prompt to contrast with the null one). Standard strings or conversational message lists."""
+    if dataset is None or not isinstance(dataset, (Dataset, IterableDataset)) or not require_prompt:
         return
     columns = dataset.column_names
     if columns is not None and "prompt" not in columns:
@@ -16,7 +19,7 @@ def check_prompt_dataset(dataset, name: str = "train_dataset") -> None:
             f"{name} has no `prompt` column (its columns: {columns}). Rename the column holding the prompts to "
             "`prompt` (for example `dataset.rename_column('question', 'prompt')`)."
         )
-    if not isinstance(dataset, Dataset):
+    if not isinstance(dataset, Dataset) or allow_empty:
         return  # a stream cannot be scanned up front
     for index, prompt in enumerate(dataset["prompt"]):
         text = prompt if isinstance(prompt, str) else " ".join(_contents(prompt))
