@@ -1,0 +1,188 @@
+"""FSDP2 on two CPU processes (gloo), against one process on the same completions.
+
+`scripts/fsdp2_train.py` trains two steps under the shipped `recipes/accelerate_configs/fsdp2.yaml` (launched with
+`--num_processes 2 --mixed_precision no`) and saves what each rank saw. Here one process takes the same prompts and
+completions from the same initial weights, and must reproduce:
+
+- the diversity rewards, gathered across the two processes (the group of 4 is split 2 + 2), and the advantages;
+- the loss (the mean of the two ranks' losses: FSDP, like DDP, averages their gradients) and the full gradient of
+  every trainable parameter after FSDP's reduce-scatter;
+- the CFG teacher's guided hidden states at both steps. At the second step the student has moved, so equal teacher
+  outputs mean the teacher stayed frozen (with LoRA: that the adapter really was disabled).
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from launching import ACCELERATE_CONFIGS, launch
+from peft import LoraConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer, diversity_advantages
+from trl_diversity.data import load_prompts
+
+SCRIPT = Path(__file__).parent / "scripts" / "fsdp2_train.py"
+FSDP2 = ACCELERATE_CONFIGS / "fsdp2.yaml"
+# The shipped GPU config, on two CPU processes and in float32 (bf16 on CPU would only blur the comparison).
+FSDP2_ON_TWO_CPU_PROCESSES = ("--num_processes", "2", "--mixed_precision", "no")
+# The keys of a generated batch (`_generate_and_score_completions`) in this setting; a new one must be concatenated
+# here too.
+INPUT_KEYS = {
+    "prompt_ids",
+    "prompt_mask",
+    "completion_ids",
+    "completion_mask",
+    "advantages",
+    "num_items_in_batch",
+    "teacher_hidden_states",
+}
+
+
+def concatenate(parts: list[dict], pad_id: int) -> dict:
+    """One batch from the ranks' inputs: prompts left-padded and completions right-padded to common widths."""
+    assert all(set(part) == INPUT_KEYS for part in parts), [sorted(part) for part in parts]
+    assert all(torch.equal(part["num_items_in_batch"], parts[0]["num_items_in_batch"]) for part in parts)
+    prompt_width = max(part["prompt_ids"].shape[1] for part in parts)
+    completion_width = max(part["completion_ids"].shape[1] for part in parts)
+
+    def left(tensor, value):
+        return F.pad(tensor, (prompt_width - tensor.shape[1], 0), value=value)
+
+    def right(tensor, value):
+        extra = completion_width - tensor.shape[1]
+        return F.pad(tensor, (0, 0, 0, extra) if tensor.dim() == 3 else (0, extra), value=value)
+
+    return {
+        "prompt_ids": torch.cat([left(part["prompt_ids"], pad_id) for part in parts]),
+        "prompt_mask": torch.cat([left(part["prompt_mask"], 0) for part in parts]),
+        "completion_ids": torch.cat([right(part["completion_ids"], pad_id) for part in parts]),
+        "completion_mask": torch.cat([right(part["completion_mask"], 0) for part in parts]),
+        "advantages": torch.cat([part["advantages"] for part in parts]),
+        "teacher_hidden_states": torch.cat([right(part["teacher_hidden_states"], 0.0) for part in parts]),
+        "num_items_in_batch": parts[0]["num_items_in_batch"],
+    }
+
+
+def one_process_trainer(checkpoint, tmp_path, kind, initial):
+    """The same trainer on one process, with the FSDP run's initial weights (LoRA's `A` matrices are random)."""
+    peft_config = None
+    if kind == "lora":
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = DiversityCFGConfig(
+        output_dir=str(tmp_path / "one_process"),
+        use_cpu=True,
+        bf16=False,
+        max_steps=2,
+        per_device_train_batch_size=4,  # the two ranks' 2 + 2 completions
+        num_generations=4,
+        max_completion_length=8,
+        report_to="none",
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    trainer = DiversityCFGTrainer(
+        model=checkpoint,
+        args=args,
+        train_dataset=load_prompts("train", conversational=True, limit=8),
+        processing_class=AutoTokenizer.from_pretrained(checkpoint),
+        peft_config=peft_config,
+    )
+    parameters = dict(trainer.model.named_parameters())
+    assert set(parameters) == set(initial)
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(initial[name])
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this trainer does not run
+    return trainer
+
+
+def assert_same_on_both_ranks(ranks, get):
+    first, second = get(ranks[0]), get(ranks[1])
+    if isinstance(first, dict):
+        assert first.keys() == second.keys()
+        for name in first:
+            assert torch.equal(first[name], second[name]), name
+    else:
+        assert first == second
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["copy", "lora"], ids=["frozen-copy-teacher", "lora-adapter-disabled-teacher"])
+def test_fsdp2_on_two_processes_matches_one_process(tiny_checkpoint, tmp_path, kind):
+    launch(str(SCRIPT), tiny_checkpoint, str(tmp_path), kind, config=FSDP2, overrides=FSDP2_ON_TWO_CPU_PROCESSES)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    vocab = AutoConfig.from_pretrained(tiny_checkpoint).vocab_size
+    initial_checkpoint = dict(AutoModelForCausalLM.from_pretrained(tiny_checkpoint).named_parameters())
+
+    # It really ran sharded, and every LM head the distillation loss received had the whole vocabulary.
+    for rank in ranks:
+        assert rank["num_processes"] == 2
+        assert rank["sharded_parameters"] == len(rank["student"])  # every parameter is a DTensor shard
+        assert len(rank["heads"]) == 4  # two steps x (student head, teacher head)
+        assert all(head["rows"] == vocab and not head["gathered_is_dtensor"] for head in rank["heads"])
+    assert_same_on_both_ranks(ranks, lambda rank: rank["initial"])
+    assert_same_on_both_ranks(ranks, lambda rank: rank["grads"])
+    assert_same_on_both_ranks(ranks, lambda rank: rank["student"])
+
+    if kind == "copy":
+        # TRL's `prepare_fsdp` shards the teacher at its root, which frees the full parameters after each forward:
+        # the loss gets the teacher's head as a `[vocab / 2, hidden]` shard on each rank and must gather it.
+        for rank in ranks:
+            assert rank["teacher_sharded_parameters"] == len(rank["teacher"])
+            teacher_heads = rank["heads"][1::2]
+            assert all(head["sharded"] and head["local_rows"] == vocab // 2 for head in teacher_heads)
+            assert not rank["teacher_requires_grad"]
+            for name, value in rank["teacher"].items():
+                assert torch.equal(value, initial_checkpoint[name]), f"teacher parameter {name} moved"
+    else:
+        assert all("teacher" not in rank for rank in ranks)  # no second copy: the adapter-disabled base
+
+    trainer = one_process_trainer(tiny_checkpoint, tmp_path, kind, ranks[0]["initial"])
+    pad_id = trainer.processing_class.pad_token_id
+
+    # Step 1: diversity rewards gathered across the processes, as one process computes them on the same completions.
+    assert ranks[0]["rewards"][0]["gathered"] == ranks[1]["rewards"][0]["gathered"]
+    completions = ranks[0]["rewards"][0]["local_completions"] + ranks[1]["rewards"][0]["local_completions"]
+    rewards = torch.tensor(trainer.diversity(prompts=[""] * 4, completions=completions))
+    torch.testing.assert_close(torch.tensor(ranks[0]["rewards"][0]["gathered"]), rewards, atol=1e-5, rtol=1e-5)
+    for index, rank in enumerate(ranks):  # each process keeps its own slice
+        torch.testing.assert_close(torch.tensor(rank["rewards"][0]["local"]), rewards[2 * index : 2 * index + 2])
+
+    batch = concatenate([rank["generated"][0] for rank in ranks], pad_id)
+    advantages = trainer.args.diversity_coef * diversity_advantages(rewards, 4)
+    torch.testing.assert_close(batch["advantages"], advantages, atol=1e-5, rtol=1e-5)
+
+    # The teacher under FSDP gives the one-process teacher's guided hidden states.
+    mask = batch["completion_mask"].bool()
+    teacher_hidden = trainer._teacher_hidden_states(batch, conversational=True)
+    torch.testing.assert_close(batch["teacher_hidden_states"][mask], teacher_hidden[mask], atol=1e-4, rtol=1e-4)
+
+    # The loss FSDP optimised (the mean of the ranks' losses) and its gradients, from one process alone. (GRPO
+    # shuffled each rank's rows before its loss; a sum over rows does not see the order.)
+    batch["advantages"], batch["teacher_hidden_states"] = advantages, teacher_hidden
+    loss = trainer._compute_loss(trainer.model, batch)
+    rank_losses = torch.stack([rank["losses"][0] for rank in ranks])
+    assert all(torch.equal(rank["backward_loss"], rank["losses"][0]) for rank in ranks)
+    torch.testing.assert_close(loss.detach(), rank_losses.mean(), atol=1e-5, rtol=1e-5)
+    loss.backward()
+    trainable = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert set(ranks[0]["grads"]) == set(trainable) == set(ranks[0]["trainable"])
+    for name, parameter in trainable.items():
+        torch.testing.assert_close(ranks[0]["grads"][name], parameter.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+    # Step 2: the student has moved, the teacher has not. The one-process trainer has not trained, so its teacher
+    # is the initial policy; the FSDP run's teacher must still give exactly that.
+    batch = concatenate([rank["generated"][1] for rank in ranks], pad_id)
+    mask = batch["completion_mask"].bool()
+    teacher_hidden = trainer._teacher_hidden_states(batch, conversational=True)
+    torch.testing.assert_close(batch["teacher_hidden_states"][mask], teacher_hidden[mask], atol=1e-4, rtol=1e-4)
+    student, initial = ranks[0]["student"], ranks[0]["initial"]
+    for name in student:
+        moved = not torch.equal(student[name], initial[name])
+        assert moved == (name in trainable), f"{name}: moved={moved}, trainable={name in trainable}"
+    losses = [entry["loss"] for entry in ranks[0]["log_history"] if "loss" in entry]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
