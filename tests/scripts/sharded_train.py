@@ -1,45 +1,60 @@
-"""Run under `accelerate launch --config_file recipes/accelerate_configs/fsdp2.yaml --num_processes 2
---mixed_precision no` on CPU (gloo): two DiversityCFGTrainer steps under FSDP2, recording what the test compares
-against a one-process run on the same completions.
+"""Two DiversityCFGTrainer steps, sharded over CPU processes (gloo), recording what the test compares against a
+one-process run on the same completions. Run under `accelerate launch` with one of the shipped GPU configs and
+`--num_processes 2 --mixed_precision no`:
 
-    python fsdp2_train.py CHECKPOINT OUTPUT_DIR {copy,lora}
+    accelerate launch --config_file recipes/accelerate_configs/{fsdp2,deepspeed_zero2,deepspeed_zero3}.yaml \\
+        --num_processes 2 --mixed_precision no tests/scripts/sharded_train.py CHECKPOINT OUTPUT_DIR {copy,lora}
 
-`copy`: full finetune, the teacher is a frozen copy of the initial policy (prepared with TRL's `prepare_fsdp`);
-`lora`: LoRA, the teacher is the base model with the adapter disabled.
+`copy`: full finetune, the teacher is a frozen copy of the initial policy (prepared with TRL's `prepare_fsdp` /
+`prepare_deepspeed`, like GRPO's reference model); `lora`: LoRA, the teacher is the base model with the adapter
+disabled.
 
-Accelerate turns FSDP on only for GPU-type distributed states (`AcceleratorState` ignores the FSDP plugin under
-MULTI_CPU and silently trains with DDP instead). So this script sets up the gloo process group itself, marks the
-shared state as MULTI_GPU, and hands it to the Trainer (`accelerator_config={"use_configured_state": True}`); from
-there, Accelerate's own FSDP2 preparation (`fully_shard` per decoder layer and at the root, the config's
-`fsdp_*` settings) runs unchanged on CPU tensors.
+Accelerate turns FSDP and DeepSpeed on only for accelerator devices: on CPU, `AcceleratorState` ignores the FSDP
+plugin (and refuses DeepSpeed) and silently trains with plain DDP. So this script sets up the gloo process group
+itself and hands that state to the Trainer (`accelerator_config={"use_configured_state": True}`), marked as a GPU
+state for FSDP, and with `use_cpu=False` for DeepSpeed (whose CPU accelerator then runs on gloo). From there,
+Accelerate's own preparation (FSDP2's `fully_shard` per decoder layer and at the root; the DeepSpeed engine with the
+config's ZeRO stage) runs unchanged on CPU tensors.
+
+The distillation loss runs TRL's chunked kernel (`allow_full_logits=False`), the path GPU users get, instead of the
+full-logits shortcut that CPU runs take at these sizes: the kernel is where the ZeRO-3 LM heads are gathered.
 
 Each rank writes `rank{R}.pt`: the initial parameters (LoRA's random `A` included), both steps' generated batches
-(GRPO's `_generate_and_score_completions` output, teacher hidden states included) and losses, the diversity rewards as
-gathered by the trainer, what the distillation loss got as LM heads, the full (gathered) gradients of the first
-backward, and after training the full parameters of the student and of the teacher.
+(GRPO's `_generate_and_score_completions` output, teacher hidden states included) and losses, the diversity rewards
+as gathered by the trainer, what the distillation loss got as LM heads and what the kernel projected with, the full
+gradients of the first step (after the backend's reduction), and after training the full parameters of the student
+and of the teacher.
 """
 
+import functools
 import os
 import sys
 
 import torch
+import trl.kernels.chunked_divergence as kernel
 from accelerate import PartialState
 from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 from transformers import AutoTokenizer
 
 import trl_diversity.trainer.divergence as divergence
+import trl_diversity.trainer.diversity_cfg_trainer as trainer_module
 from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer
 from trl_diversity.data import load_prompts
 from trl_diversity.rewards.embedder import completion_text
 
 torch.set_num_threads(1)
 checkpoint, output_dir, teacher_kind = sys.argv[1], sys.argv[2], sys.argv[3]
-if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
-    sys.exit("Launch this script with an FSDP Accelerate config (see the module docstring).")
+if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    backend = "fsdp2"
+elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    backend = "deepspeed"
+else:
+    sys.exit("Launch this script with an FSDP or DeepSpeed Accelerate config (see the module docstring).")
 
 state = PartialState(cpu=True)  # torchrun's environment: a gloo process group on CPU
-state.distributed_type = DistributedType.MULTI_GPU  # so that AcceleratorState takes the FSDP plugin
+if backend == "fsdp2":
+    state.distributed_type = DistributedType.MULTI_GPU  # so that AcceleratorState takes the FSDP plugin
 
 peft_config = None
 if teacher_kind == "lora":
@@ -48,7 +63,7 @@ if teacher_kind == "lora":
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 args = DiversityCFGConfig(
     output_dir=output_dir,
-    use_cpu=True,
+    use_cpu=backend == "fsdp2",  # AcceleratorState refuses DeepSpeed on a `cpu` state; the device stays the CPU
     bf16=False,
     max_steps=2,
     per_device_train_batch_size=2,  # 2 processes x 2 = one group of 4: the group spans both processes
@@ -69,15 +84,46 @@ trainer = DiversityCFGTrainer(
     processing_class=AutoTokenizer.from_pretrained(checkpoint),
     peft_config=peft_config,
 )
-assert trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2, trainer.accelerator.distributed_type
+if backend == "fsdp2":
+    assert trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2, trainer.accelerator.distributed_type
+else:
+    assert trainer.is_deepspeed_enabled, trainer.accelerator.distributed_type
 
-record = {"generated": [], "losses": [], "heads": [], "rewards": [], "grads": None}
+record = {"backend": backend, "generated": [], "losses": [], "heads": [], "projections": set(), "rewards": []}
+record["grads"] = None
 
 
-def full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor on every rank (a collective for FSDP2's sharded DTensors)."""
-    return (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().clone()
+def is_zero3(parameter: torch.Tensor) -> bool:
+    return hasattr(parameter, "ds_id")
 
+
+def full(parameter: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank (a collective for FSDP2's DTensors and ZeRO-3's partitioned parameters)."""
+    if isinstance(parameter, DTensor):
+        return parameter.full_tensor().detach().clone()
+    if is_zero3(parameter):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([parameter]):
+            return parameter.detach().clone()
+    return parameter.detach().clone()
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model  # a DeepSpeed engine keeps the model in `.module`
+
+
+def sharding(parameters) -> dict:
+    kinds = {"dtensor": 0, "zero3": 0, "plain": 0}
+    for parameter in parameters:
+        kinds["dtensor" if isinstance(parameter, DTensor) else "zero3" if is_zero3(parameter) else "plain"] += 1
+    return kinds
+
+
+# The GPU path of the distillation loss: always TRL's chunked kernel.
+trainer_module.chunked_token_divergence = functools.partial(
+    trainer_module.chunked_token_divergence, allow_full_logits=False
+)
 
 original_weight_and_bias = divergence._weight_and_bias
 
@@ -85,18 +131,29 @@ original_weight_and_bias = divergence._weight_and_bias
 def recording_weight_and_bias(head):
     weight = head if isinstance(head, torch.Tensor) else head.weight
     gathered, bias = original_weight_and_bias(head)
+    local = weight.to_local() if isinstance(weight, DTensor) else weight
     record["heads"].append(
         {
-            "sharded": isinstance(weight, DTensor),
-            "local_rows": (weight.to_local() if isinstance(weight, DTensor) else weight).shape[0],
-            "rows": gathered.shape[0],
-            "gathered_is_dtensor": isinstance(gathered, DTensor),
+            "kind": "dtensor" if isinstance(weight, DTensor) else "zero3" if is_zero3(weight) else "plain",
+            "local_rows": local.shape[0],
+            "rows": divergence._rows(gathered),
+            "passed_on_as_dtensor": isinstance(gathered, DTensor),
         }
     )
     return gathered, bias
 
 
 divergence._weight_and_bias = recording_weight_and_bias
+
+original_project = kernel._project
+
+
+def recording_project(tile, hidden_chunk, weight, bias, start, end, dtype):
+    record["projections"].add(weight.shape[0])  # the rows of the head the kernel's tiles are cut from
+    return original_project(tile, hidden_chunk, weight, bias, start, end, dtype)
+
+
+kernel._project = recording_project
 
 original_diversity = trainer.diversity
 
@@ -134,7 +191,7 @@ original_compute_loss = trainer._compute_loss
 
 
 def recording_compute_loss(model, inputs):
-    if not record["losses"]:  # before the first optimizer step: the initial parameters as FSDP prepared them
+    if not record["losses"]:  # before the first optimizer step: the initial parameters as the backend prepared them
         record["initial"] = {name: full(p) for name, p in trainer.model.named_parameters()}
     loss = original_compute_loss(model, inputs)
     record["losses"].append(loss.detach().clone())
@@ -143,30 +200,60 @@ def recording_compute_loss(model, inputs):
 
 trainer._compute_loss = recording_compute_loss
 
-original_backward = trainer.accelerator.backward
+
+def record_gradients():
+    """The first step's full gradients, reduced (averaged) over the ranks, before the optimizer uses them."""
+    if record["grads"] is not None:
+        return
+    if backend == "fsdp2":
+        gradients = {name: p.grad for name, p in trainer.model.named_parameters() if p.grad is not None}
+        record["grads"] = {name: full(grad) for name, grad in gradients.items()}
+    else:
+        from deepspeed.utils import safe_get_full_grad
+
+        trainable = [(name, p) for name, p in trainer.model.named_parameters() if p.requires_grad]
+        record["grads"] = {name: safe_get_full_grad(p).detach().clone() for name, p in trainable}
 
 
-def recording_backward(loss, **kwargs):
-    original_backward(loss, **kwargs)
-    if record["grads"] is None:  # the first step: full gradients after FSDP's reduce-scatter (averaged over ranks)
-        record["backward_loss"] = loss.detach().clone()
-        record["grads"] = {name: full(p.grad) for name, p in trainer.model.named_parameters() if p.grad is not None}
+if backend == "fsdp2":
+    original_backward = trainer.accelerator.backward
 
+    def recording_backward(loss, **kwargs):
+        record.setdefault("backward_loss", loss.detach().clone())
+        original_backward(loss, **kwargs)
+        record_gradients()
 
-trainer.accelerator.backward = recording_backward
+    trainer.accelerator.backward = recording_backward
+else:
+    # Accelerate's DeepSpeed backward runs the engine's optimizer step too: read the gradients just before it.
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original_step = DeepSpeedEngine.step
+    original_engine_backward = DeepSpeedEngine.backward
+
+    def recording_engine_backward(self, loss, *args, **kwargs):
+        record.setdefault("backward_loss", loss.detach().clone())
+        return original_engine_backward(self, loss, *args, **kwargs)
+
+    def recording_step(self, *args, **kwargs):
+        record_gradients()
+        return original_step(self, *args, **kwargs)
+
+    DeepSpeedEngine.backward = recording_engine_backward
+    DeepSpeedEngine.step = recording_step
 
 trainer.train()
 
 model = trainer.model
-record["sharded_parameters"] = sum(isinstance(p, DTensor) for p in model.parameters())
+record["sharding"] = sharding(model.parameters())
 record["student"] = {name: full(p) for name, p in model.named_parameters()}
 record["trainable"] = sorted(name for name, p in model.named_parameters() if p.requires_grad)
 if trainer.teacher is not None:
-    teacher = trainer.teacher
-    record["teacher_type"] = type(teacher).__name__
+    teacher = unwrapped(trainer.teacher)
+    record["teacher_wrapper"] = type(trainer.teacher).__name__
     record["teacher"] = {name: full(p) for name, p in teacher.named_parameters()}
     record["teacher_requires_grad"] = any(p.requires_grad for p in teacher.parameters())
-    record["teacher_sharded_parameters"] = sum(isinstance(p, DTensor) for p in teacher.parameters())
+    record["teacher_sharding"] = sharding(teacher.parameters())
 record["log_history"] = trainer.state.log_history
 record["num_processes"] = trainer.accelerator.num_processes
 torch.save(record, os.path.join(output_dir, f"rank{trainer.accelerator.process_index}.pt"))
