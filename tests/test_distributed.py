@@ -1,11 +1,9 @@
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import launch
 from toy_group_rewards import rank_by_length
 from transformers import AutoModelForCausalLM
 
@@ -15,22 +13,6 @@ from trl_diversity.rewards.embedder import embed
 from trl_diversity.rewards.group import Processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_train.py"
-MULTI_CPU = Path(__file__).resolve().parent.parent / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def launch(*arguments):
-    """`accelerate launch` with the project's 2-process CPU config (torchrun underneath, gloo backend)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU)]
-    command += ["--main_process_port", str(free_port()), *arguments]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    return run
 
 
 def one_process_rewards(reward, prompts, completions):

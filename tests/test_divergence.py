@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from trl.kernels import chunked_divergence
 
 from trl_diversity import chunked_token_divergence, token_divergence
 from trl_diversity.trainer.divergence import kernel_beta
@@ -67,3 +68,35 @@ def test_divergence_is_zero_for_identical_distributions():
 def test_unknown_divergence_is_rejected_with_the_choices():
     with pytest.raises(ValueError, match="reverse_kl, forward_kl, jsd"):
         kernel_beta("kl")
+
+
+@pytest.mark.parametrize("kind", ["reverse_kl", "forward_kl", "jsd"])
+def test_kernel_path_in_bfloat16_matches_a_float64_reference(kind):
+    """The kernel GPU users get (`allow_full_logits=False`), fed bfloat16 hidden states and heads as a bf16 model
+    gives them, at a vocabulary spanning two of its tiles, against float64 on the same bfloat16 values."""
+    torch.manual_seed(0)
+    tokens, hidden, vocab = 12, 64, 40_000
+    assert vocab > chunked_divergence.VOCAB_CHUNK_SIZE
+    # Weights of a trained model's scale (logits with a std of ~3), so the distributions are peaked, not flat.
+    student_head = (torch.randn(vocab, hidden) * 0.4).bfloat16().requires_grad_()
+    teacher_head = (torch.randn(vocab, hidden) * 0.4).bfloat16()
+    student_hidden = torch.randn(tokens, hidden).bfloat16().requires_grad_()
+    teacher_hidden = torch.randn(tokens, hidden).bfloat16()
+
+    got = chunked_token_divergence(
+        student_hidden, student_head, teacher_hidden, teacher_head, kind, allow_full_logits=False
+    )
+    (got * torch.linspace(0.5, 1.5, tokens)).sum().backward()  # unequal token weights reach every gradient row
+
+    student_hidden64 = student_hidden.detach().double().requires_grad_()
+    student_head64 = student_head.detach().double().requires_grad_()
+    expected = _reference(student_hidden64 @ student_head64.T, teacher_hidden.double() @ teacher_head.double().T, kind)
+    (expected * torch.linspace(0.5, 1.5, tokens, dtype=torch.float64)).sum().backward()
+
+    assert got.dtype == torch.float32 and expected.min() > 1e-2  # far from zero: a relative bound means something
+    # The kernel projects in float32 and accumulates its statistics in float32: nothing is rounded to bf16 inside.
+    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=0)
+    # Its gradients come back in the inputs' dtype, bfloat16 (8 significant bits): compare at that precision.
+    for grad, reference in ((student_hidden.grad, student_hidden64.grad), (student_head.grad, student_head64.grad)):
+        assert grad.dtype == torch.bfloat16
+        torch.testing.assert_close(grad.double(), reference, rtol=1e-2, atol=1e-2 * reference.abs().max().item())

@@ -41,4 +41,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"trl-diversity: unknown command {command!r}.\n\n{USAGE}")
     module, function = COMMANDS[command]
     getattr(importlib.import_module(module), function)(rest)
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -21,12 +22,32 @@ def load_embedder(name_or_path: str | None, device: torch.device | str | None = 
             "hub id, or None for the embedded default (all-MiniLM-L6-v2)."
         )
     try:
-        return SentenceTransformer(resolved, device=str(device) if device is not None else None)
+        with _whole_on_every_process():
+            return SentenceTransformer(resolved, device=str(device) if device is not None else None)
     except Exception as error:  # sentence-transformers raises many kinds; the user needs to know which model failed
         raise ValueError(
             f"Could not load the diversity embedder {resolved!r} as a sentence-transformers model ({error}). Pass "
             "the folder or hub id of a sentence-transformers model, or None for the embedded default."
         ) from error
+
+
+@contextmanager
+def _whole_on_every_process():
+    """Load outside DeepSpeed ZeRO-3's partitioning.
+
+    Under ZeRO-3, transformers partitions every model that `from_pretrained` builds across the processes: its
+    parameters become empty placeholders, gathered only inside a DeepSpeed engine's forward. The embedder is small,
+    frozen and called outside any engine, so each process keeps a whole copy. (Accelerate's
+    `zero3_init_context_manager(enable=False)` leaves transformers' ZeRO-3 switch on, so it cannot serve here.)
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    switch = hf_deepspeed._hf_deepspeed_config_weak_ref  # the switch `is_deepspeed_zero3_enabled()` reads
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = switch
 
 
 @torch.no_grad()

@@ -91,16 +91,11 @@ def chunked_token_divergence(
     """
     s_weight, s_bias = _weight_and_bias(student_head)
     t_weight, t_bias = _weight_and_bias(teacher_head)
-    if s_weight.shape[0] != t_weight.shape[0]:
-        raise ValueError(
-            f"Student and teacher vocabularies differ ({s_weight.shape[0]} vs {t_weight.shape[0]} tokens)."
-        )
+    vocab = _rows(s_weight)
+    if vocab != _rows(t_weight):
+        raise ValueError(f"Student and teacher vocabularies differ ({vocab} vs {_rows(t_weight)} tokens).")
     one_tile = chunked_divergence.TOKEN_CHUNK_SIZE * chunked_divergence.VOCAB_CHUNK_SIZE
-    if (
-        allow_full_logits
-        and not _use_triton(student_hidden.device)
-        and len(student_hidden) * len(s_weight) <= one_tile
-    ):
+    if allow_full_logits and not _use_triton(student_hidden.device) and len(student_hidden) * vocab <= one_tile:
         with maybe_gather_lm_head_ctx(s_weight, s_bias), maybe_gather_lm_head_ctx(t_weight, t_bias):
             # float32 projections, as in the kernel: CFG-guided logits are too sharp to round to bfloat16
             student_logits = _project(student_hidden, s_weight, s_bias) * student_logit_scale
@@ -112,8 +107,10 @@ def chunked_token_divergence(
         s_weight,
         s_bias,
         teacher_hidden.detach(),
-        t_weight.detach(),
-        None if t_bias is None else t_bias.detach(),
+        # The teacher's head as itself, not detached: the kernel gathers a ZeRO-3 parameter through its DeepSpeed
+        # attributes, which a detached view lacks. The kernel gives the teacher no gradient either way.
+        t_weight,
+        t_bias,
         kernel_beta(kind, jsd_beta),
         1.0,  # temperature: distil the models' own distributions, not the sampling temperature's
         student_logit_scale,
@@ -127,6 +124,11 @@ def chunked_token_divergence(
 def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     with torch.autocast(hidden.device.type, enabled=False):
         return torch.nn.functional.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+
+
+def _rows(weight: torch.Tensor) -> int:
+    # Outside its gather, a DeepSpeed ZeRO-3 parameter is an empty placeholder; `ds_shape` is its real shape.
+    return (weight.ds_shape if hasattr(weight, "ds_shape") else weight.shape)[0]
 
 
 def _weight_and_bias(head: torch.nn.Module | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
