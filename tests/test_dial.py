@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +150,36 @@ def test_dial_on_a_tiny_model_reuses_the_cache_and_writes_the_merge(tiny_checkpo
     generated.clear()
     dial(settings, Target("adherence", ends[0]), tmp_path / "end", tolerance=0.002)
     assert generated == []
+
+
+def test_dial_command_end_to_end(tiny_checkpoint, finetunes, tmp_path):
+    script = Path(sys.executable).parent / "trl-diversity"
+    if not script.is_file():
+        pytest.skip("the trl-diversity console script is not installed")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    common = ["--quality_model", finetunes[0], "--diversity_model", finetunes[1], "--base", tiny_checkpoint]
+    common += ["--prompts", str(prompts), "--num_samples", "3", "--max_new_tokens", "6", "--cache", tmp_path / "c"]
+
+    def run(*args):
+        command = [str(script), "dial", *map(str, common), *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=600)
+
+    far = run("--target", "adherence=1.5", "--output", tmp_path / "far")
+    assert far.returncode == 2 and "Traceback" not in far.stderr
+    assert "outside what the two models span" in far.stderr and "The closest end is weight" in far.stderr
+    assert not (tmp_path / "far").exists()
+
+    points = [json.loads(p.read_text()) for p in (tmp_path / "c" / "points").glob("*.json")]
+    ends = sorted(p["metrics"]["adherence"]["mean"] for p in points)
+    assert len(ends) == 2  # the out-of-reach run cached the two ends it measured
+    done = run("--target", f"adherence={(ends[0] + ends[1]) / 2:.4f}", "--output", tmp_path / "dialed", "--merged")
+    assert done.returncode == 0, done.stderr
+    assert "Wrote the merged model to" in done.stdout and "weight" in done.stdout
+    assert (tmp_path / "dialed" / "config.json").is_file()  # --merged: a full checkpoint
+    record = json.loads((tmp_path / "dialed" / "dial.json").read_text())
+    assert record["target"]["metric"] == "adherence" and 0 < record["weight"] < 1
+    assert [e["cached"] for e in record["evaluations"][:2]] == [True, True]  # the ends from the first run
+
+    again = run("--target", "adherence=0.5", "--output", tmp_path / "dialed")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
