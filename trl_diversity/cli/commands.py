@@ -393,5 +393,6 @@ def dial(argv: list[str]) -> None:
         max_evaluations=args.max_evaluations,
         merged=args.merged,
         overwrite=args.overwrite,
+        report=lambda line: print(line, flush=True),
     )
     print(dial_summary(result, args.output))

@@ -14,7 +14,6 @@ a CPU-sized budget, then prints a before/after table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from trl_diversity.atomic import write_text_atomic
 from trl_diversity.cli.arguments import (
+    CommandParser,
     check_embedder,
     check_model,
     find_unknown_flags,
@@ -225,13 +225,13 @@ def early_check(argv: list[str]) -> None:
     """
     recipe, flags = split_recipe(list(argv))
     values = dict(DEFAULT_JOB) if recipe is None else read_recipe(recipe)
-    reader = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    reader = CommandParser(add_help=False)
     for name in _EARLY_FIELDS:
         flag = {"nargs": "?", "const": "true"} if name == "overwrite_output_dir" else {}
         reader.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, **flag)
     try:
         given, _ = reader.parse_known_args(flags)
-    except SystemExit:  # a malformed flag: `parse` reports it properly
+    except UserError:  # e.g. a path flag with no value: `parse` reports it, with the full parser's help
         return
     values.update({k: v for k, v in vars(given).items() if v is not None})
     overwrite = str(values.get("overwrite_output_dir", False)).lower() in ("true", "1", "yes")
@@ -260,6 +260,10 @@ def check_values(values: dict) -> None:
 
 def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> None:
     """Refuse a folder that holds an earlier run, unless the user asked to resume it or to overwrite it."""
+    if not _first_process():
+        # Under `accelerate launch`, the first process alone decides: another one checking later could find the
+        # files the first already wrote. If the first refuses, the launcher stops the others.
+        return
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file; pass a folder (it is created if missing).")
@@ -309,7 +313,7 @@ def clear_previous_run(output_dir: str) -> list[str]:
     for the new run's (the new run's files replace the rest). Returns what was deleted."""
     out = Path(output_dir)
     stale = [*out.glob("checkpoint-*"), *out.glob("before_after.*")]
-    if os.environ.get("RANK", "0") == "0":  # one process deletes; the others start training after it
+    if _first_process():  # one process deletes; the others start training after it
         for path in stale:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return sorted(p.name for p in stale)
@@ -386,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         early_check(argv)
     script_args, training_args, model_args = parse(argv)
     check_arguments(script_args, training_args, model_args)
-    if script_args.overwrite_output_dir and training_args.resume_from_checkpoint is None:
+    if script_args.overwrite_output_dir and _resume_argument(training_args.resume_from_checkpoint) is None:
         deleted = clear_previous_run(training_args.output_dir)
         if deleted:
             print(f"--overwrite_output_dir: deleted {', '.join(deleted)} from {training_args.output_dir}")
@@ -427,6 +431,11 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(training_args.output_dir)
             write_text_atomic(out / "before_after.md", table + "\n")
             write_text_atomic(out / "before_after.json", json.dumps(report.rows, indent=2) + "\n")
+
+
+def _first_process() -> bool:
+    """Rank 0 of a distributed launch (torchrun and accelerate set RANK), or a single process."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _resume_argument(value: str | None) -> str | bool | None:

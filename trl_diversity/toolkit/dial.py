@@ -132,6 +132,7 @@ def dial(
     max_evaluations: int = 8,
     merged: bool = False,
     overwrite: bool = False,
+    report: Callable[[str], None] | None = None,
 ) -> dict:
     """Find the weight for `target` by bisection and write its merged model to `output_dir` (a LoRA adapter for two
     adapters unless `merged`, else a full checkpoint), with `dial.json` inside: the weight, the measured point with
@@ -139,7 +140,8 @@ def dial(
 
     `settings` is a `sweep.SweepSettings` (its `weights` and `guidance_scales` are ignored): the generation and
     evaluation options, and in `output_dir` the folder whose `points/` cache is read and extended. Give the same
-    settings as a sweep to reuse its points.
+    settings as a sweep to reuse its points. `report` receives one line per evaluated point (a point can take
+    minutes on a CPU).
     """
     from trl_diversity.atomic import write_text_atomic
     from trl_diversity.toolkit.merging import lerp_merge
@@ -156,6 +158,10 @@ def dial(
         if evaluate.is_cached("merge", weight):
             cached.add(weight)
         points[weight] = evaluate("merge", weight)
+        metric = points[weight]["metrics"].get(target.metric)
+        if report is not None and metric is not None:
+            source = " (cached)" if weight in cached else ""
+            report(f"w={weight:g}: {target.metric} {_ci(metric)}{source}; target {target.value:g}")
         return points[weight]
 
     weight, evaluations = bisect_weight(measure, target, tolerance, max_evaluations)
