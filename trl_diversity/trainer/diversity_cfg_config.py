@@ -122,6 +122,10 @@ class DiversityCFGConfig(GRPOConfig):
         # means float32 instead; an explicit bf16=True still fails as in GRPO, and GPUs keep GRPO's choice.
         if self.bf16 is None and not self.fp16 and not self.use_cpu and not _bf16_accelerator_available():
             self.bf16 = False
+        # Pinned memory only helps copies to an accelerator; without one, torch warns on every dataloader. (With
+        # use_cpu=True, TrainingArguments turns it off itself.)
+        if self.dataloader_pin_memory and not _any_accelerator_available():
+            self.dataloader_pin_memory = False
         # transformers renamed `gradient_checkpointing*` to `activation_checkpointing*` and warns (FutureWarning) on
         # every config whose old name carries a value; GRPO's default does, so every run warned about a name the user
         # never typed. Moving the value to the new name first keeps its meaning and silences that warning.
@@ -138,6 +142,13 @@ class DiversityCFGConfig(GRPOConfig):
         48 tokens, 24 steps, no gradient checkpointing), with `overrides` on top. The class's own defaults are
         GRPO's (learning rate 1e-6, 8 samples of up to 512 tokens), meant for long GPU runs."""
         return cls(**{**DEFAULT_JOB_TRAINING, "output_dir": output_dir, **overrides})
+
+
+def _any_accelerator_available() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every backend (CUDA, XPU, MPS, ...)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def _bf16_accelerator_available() -> bool:
