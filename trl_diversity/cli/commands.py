@@ -1,4 +1,9 @@
-"""The `generate`, `evaluate`, `merge` and `sweep` sub-commands (argument parsing only; the work lives elsewhere)."""
+"""The `generate`, `evaluate`, `merge`, `sweep` and `dial` sub-commands (argument parsing only; the work lives in the
+toolkit).
+
+Each command parses and checks all of its arguments (paths, ranges, the output folder) before it imports torch or
+loads a model, so a mistake is reported at once, as a one-line `UserError`.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,75 @@ import argparse
 import json
 from pathlib import Path
 
+from trl_diversity.cli.arguments import CommandParser, check_embedder, check_file, check_model, check_new_output
+from trl_diversity.errors import UserError
 
-def _prompt_arguments(parser: argparse.ArgumentParser) -> None:
+PROMPT_SPLITS = ("eval", "train")  # the bundled prompt sets (trl_diversity.data.SPLITS, without importing datasets)
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1] (0: the first model, 1: the second), got {text}")
+    return value
+
+
+def _prompt_arguments(parser: argparse.ArgumentParser, min_samples: int = 1) -> None:
     parser.add_argument(
         "--prompts",
         default="eval",
         help="'eval' or 'train' (the bundled prompts), or a .jsonl/.json/.txt file of prompts",
     )
-    parser.add_argument("--num_prompts", type=int, default=None, help="use the first N prompts")
-    parser.add_argument("--num_samples", type=int, default=4, help="samples per prompt (k)")
-    parser.add_argument("--max_new_tokens", type=int, default=48)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_prompts", type=_at_least(1), default=None, help="use the first N prompts (None: all)")
+    parser.add_argument("--num_samples", type=_at_least(min_samples), default=4, help="samples per prompt (k)")
+    parser.add_argument("--max_new_tokens", type=_at_least(1), default=48, help="tokens generated per sample at most")
+    parser.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     parser.add_argument("--unconditional_prompt", default="", help="the null condition of CFG's unconditional branch")
     parser.add_argument("--no_chat", action="store_true", help="plain-text prompts instead of the chat template")
-    parser.add_argument("--prompts_per_batch", type=int, default=4, help="prompts sampled together in one batch")
+    parser.add_argument(
+        "--prompts_per_batch", type=_at_least(1), default=4, help="prompts sampled together in one batch"
+    )
+
+
+def _target(text: str):
+    from trl_diversity.toolkit.dial import Target
+
+    try:
+        return Target.parse(text)
+    except UserError as error:  # argparse shows the message of this type only, prefixed with the flag
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _check_prompts(spec: str) -> None:
+    if spec not in PROMPT_SPLITS:
+        check_file(spec, "--prompts", "'eval', 'train' or a .jsonl/.json/.txt file of prompts")
 
 
 def load_prompt_list(spec: str, limit: int | None) -> list[str]:
@@ -31,7 +90,7 @@ def load_prompt_list(spec: str, limit: int | None) -> list[str]:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"Prompt file {spec} does not exist; pass 'eval', 'train' or a file of prompts.")
+            raise UserError(f"Prompt file {spec} does not exist; pass 'eval', 'train' or a file of prompts.")
         if path.suffix in (".jsonl", ".json"):
             from datasets import load_dataset
 
@@ -66,26 +125,32 @@ def _generate(args, name: str, prompts: list[str], base: str | None = None, labe
 
 
 def generate(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="trl-diversity generate", description="Sample k completions per prompt.")
+    parser = CommandParser(prog="trl-diversity generate", description="Sample k completions per prompt.")
     parser.add_argument(
         "--model", default="default", help="checkpoint folder, LoRA adapter folder, hub id or 'default'"
     )
-    parser.add_argument("--base", default=None, help="base model of a LoRA adapter (default: from its config)")
-    parser.add_argument("--guidance_scale", type=float, default=1.0, help="CFG scale; 1 = no guidance")
-    parser.add_argument("--label", default=None, help="model name recorded in the output (default: --model)")
+    parser.add_argument("--base", default=None, help="base model of a LoRA adapter (None: from its config)")
+    parser.add_argument(
+        "--guidance_scale", type=_positive_float, default=1.0, help="CFG scale; 1 = no guidance (1 pass / token)"
+    )
+    parser.add_argument("--label", default=None, help="model name recorded in the output (None: --model)")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     _prompt_arguments(parser)
     args = parser.parse_args(argv)
+    check_model(args.model, "--model", base_given=args.base is not None)
+    if args.base is not None:
+        check_model(args.base, "--base", adapter=False)
+    _check_prompts(args.prompts)
 
     from trl_diversity.toolkit.generation import write_jsonl
 
-    prompts = load_prompt_list(args.prompts, args.num_prompts)  # checked before the model loads
+    prompts = load_prompt_list(args.prompts, args.num_prompts)
     records = _generate(args, args.model, prompts, base=args.base, label=args.label)
     print(f"Wrote {write_jsonl(records, args.output)}")
 
 
 def evaluate(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="trl-diversity evaluate", description="Quality, diversity and cost of generations, per model."
     )
     parser.add_argument("generations", nargs="*", help="JSONL files written by `trl-diversity generate`")
@@ -95,12 +160,14 @@ def evaluate(argv: list[str]) -> None:
         default=[],
         help="also generate from this model first (repeatable; uses the prompt and CFG options)",
     )
-    parser.add_argument("--guidance_scale", type=float, default=1.0, help="CFG scale for --model generations")
+    parser.add_argument(
+        "--guidance_scale", type=_positive_float, default=1.0, help="CFG scale for --model generations"
+    )
     parser.add_argument("--save_generations", default=None, help="JSONL file for the --model generations")
     parser.add_argument(
         "--embedder",
         default=None,
-        help="sentence-transformers model for adherence and diversity (default: all-MiniLM-L6-v2); "
+        help="sentence-transformers model for adherence and diversity (None: the bundled all-MiniLM-L6-v2); "
         "use another than the training embedder to check for reward hacking",
     )
     parser.add_argument(
@@ -112,10 +179,21 @@ def evaluate(argv: list[str]) -> None:
         help="reward model folder/hub id, or module:function called like a GRPO reward function",
     )
     parser.add_argument("--output", required=True, help="JSON file to write (a .md table is written beside it)")
-    _prompt_arguments(parser)
+    _prompt_arguments(parser, min_samples=2)
     args = parser.parse_args(argv)
     if not args.generations and not args.model:
         parser.error("give generation files, or --model to generate from")
+    for path in args.generations:
+        check_file(path, "generations file", "JSONL files written by `trl-diversity generate`")
+    for name in args.model:
+        check_model(name, "--model")
+    if args.model:
+        _check_prompts(args.prompts)
+    check_embedder(args.embedder, "--embedder")
+    if args.fluency_model.lower() != "none":
+        check_model(args.fluency_model, "--fluency_model")
+    if args.reward:
+        _check_reward(args.reward)
 
     from trl_diversity.atomic import write_text_atomic
     from trl_diversity.rewards.embedder import load_embedder
@@ -142,18 +220,42 @@ def evaluate(argv: list[str]) -> None:
     print(table)
 
 
+def _check_reward(spec: str) -> None:
+    import importlib.util
+
+    if ":" in spec and not spec.startswith(("/", ".")):
+        module = spec.split(":", 1)[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a missing parent package
+            found = False
+        if not found:
+            raise UserError(
+                f"--reward {spec}: module {module!r} is not importable; check the name, or run from the folder "
+                "that holds it (or add that folder to PYTHONPATH)."
+            )
+        return
+    check_model(spec, "--reward", adapter=False)
+
+
 def merge(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="trl-diversity merge", description="Write (1 - w) * A + w * B for two checkpoints or two LoRA adapters."
     )
     parser.add_argument("model_a", help="weight 0: e.g. the quality-focused finetune")
     parser.add_argument("model_b", help="weight 1: e.g. the diversity-focused finetune")
-    parser.add_argument("--weight", type=float, required=True, help="w in [0, 1]")
+    parser.add_argument("--weight", type=_weight, required=True, help="w in [0, 1]")
     parser.add_argument("--output", required=True, help="folder to write")
-    parser.add_argument("--base", default=None, help="LoRA: the base model (default: from the adapters' configs)")
+    parser.add_argument("--base", default=None, help="LoRA: the base model (None: from the adapters' configs)")
     parser.add_argument("--merged", action="store_true", help="LoRA: write a full checkpoint instead of an adapter")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
+    check_model(args.model_a, "model_a", base_given=args.base is not None)
+    check_model(args.model_b, "model_b", base_given=args.base is not None)
+    if args.base is not None:
+        check_model(args.base, "--base", adapter=False)
+    if not args.overwrite:
+        check_new_output(args.output, "--output", "--overwrite")
 
     from trl_diversity.toolkit.merging import lerp_merge
 
@@ -169,34 +271,35 @@ def merge(argv: list[str]) -> None:
     print(f"Wrote {path}")
 
 
-def sweep(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="trl-diversity sweep", description="CFG sweep of the base model against a merge sweep of two finetunes."
+def _pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that sweep and dial share; equal values give equal cache keys, so each reuses the other's points."""
+    parser.add_argument(
+        "--base", default="default", help="the base model (CFG sweep, fluency NLL; LoRA adapters are merged onto it)"
     )
-    parser.add_argument("--base", default="default", help="the base model (CFG sweep, fluency)")
     parser.add_argument("--quality_model", required=True, help="the quality-focused finetune (weight 0)")
     parser.add_argument("--diversity_model", required=True, help="the diversity-focused finetune (weight 1)")
-    parser.add_argument("--guidance_scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    parser.add_argument("--embedder", default=None, help="evaluation embedder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--embedder", default=None, help="evaluation embedder (None: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--no_fluency", action="store_true", help="skip the fluency NLL")
-    parser.add_argument(
-        "--reference", type=float, nargs=2, default=[0.0, 0.0], help="hypervolume reference point: quality diversity"
-    )
-    parser.add_argument("--output", required=True, help="folder for the results (cached per point)")
-    _prompt_arguments(parser)
-    args = parser.parse_args(argv)
+    _prompt_arguments(parser, min_samples=2)
 
-    from trl_diversity.toolkit.sweep import SweepSettings, run_sweep, sweep_markdown
 
-    settings = SweepSettings(
+def _check_pair(args) -> None:
+    check_model(args.base, "--base", adapter=False)
+    check_model(args.quality_model, "--quality_model", base_given=True)
+    check_model(args.diversity_model, "--diversity_model", base_given=True)
+    check_embedder(args.embedder, "--embedder")
+    _check_prompts(args.prompts)
+
+
+def _sweep_settings(args, output_dir: str, **extra):
+    from trl_diversity.toolkit.sweep import SweepSettings
+
+    return SweepSettings(
         base=args.base,
         model_a=args.quality_model,
         model_b=args.diversity_model,
-        output_dir=args.output,
+        output_dir=output_dir,
         prompts=load_prompt_list(args.prompts, args.num_prompts),
-        guidance_scales=args.guidance_scales,
-        weights=args.weights,
         num_samples=args.num_samples,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -206,8 +309,90 @@ def sweep(argv: list[str]) -> None:
         chat=not args.no_chat,
         embedder=args.embedder,
         fluency=not args.no_fluency,
+        **extra,
+    )
+
+
+def sweep(argv: list[str]) -> None:
+    parser = CommandParser(
+        prog="trl-diversity sweep",
+        description="CFG sweep of the base model against a merge sweep of two finetunes. Writes sweep.md, "
+        "sweep.json and sweep.png to --output, caches every point under its points/ (a re-run computes only new "
+        "points) and keeps each weight's merged model under its models/lerp-<w>-<pair>/.",
+    )
+    _pair_arguments(parser)
+    parser.add_argument(
+        "--guidance_scales", type=_positive_float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="CFG points"
+    )
+    parser.add_argument(
+        "--weights", type=_weight, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="merge points, in [0, 1]"
+    )
+    parser.add_argument(
+        "--reference", type=float, nargs=2, default=[0.0, 0.0], help="hypervolume reference point: quality diversity"
+    )
+    parser.add_argument("--output", required=True, help="folder for the results (cached per point)")
+    args = parser.parse_args(argv)
+    _check_pair(args)
+
+    from trl_diversity.toolkit.sweep import run_sweep, sweep_markdown
+
+    settings = _sweep_settings(
+        args,
+        args.output,
+        guidance_scales=args.guidance_scales,
+        weights=args.weights,
         reference=tuple(args.reference),
     )
     result = run_sweep(settings)
     print(sweep_markdown(result))
     print(f"\nPlot: {Path(args.output) / 'sweep.png'}")
+
+
+def dial(argv: list[str]) -> None:
+    parser = CommandParser(
+        prog="trl-diversity dial",
+        description="Find the merge weight w whose model (1 - w) * quality_model + w * diversity_model reaches a "
+        "target on the evaluation prompts, by bisection on w, and write that merged model (like `merge`) with "
+        "dial.json inside: the weight, the measured point and its 95% CI. Points are cached like a sweep's: pass "
+        "a sweep's --output as --cache, with the same options, to reuse its points.",
+    )
+    parser.add_argument(
+        "--target",
+        type=_target,
+        required=True,
+        help="metric=value: adherence=0.55, diversity=0.5 (pairwise diversity), or vendi, distinct_1, distinct_2, "
+        "self_bleu, fluency_nll",
+    )
+    _pair_arguments(parser)
+    parser.add_argument("--tolerance", type=_positive_float, default=0.01, help="stop within this of the target")
+    parser.add_argument(
+        "--max_evaluations", type=_at_least(2), default=8, help="points evaluated at most, the two ends included"
+    )
+    parser.add_argument("--output", required=True, help="folder to write the merged model (and dial.json) to")
+    parser.add_argument(
+        "--cache", default=None, help="folder whose points/ cache is read and extended (None: <output>-cache)"
+    )
+    parser.add_argument("--merged", action="store_true", help="LoRA: write a full checkpoint instead of an adapter")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+    _check_pair(args)
+    if not args.overwrite:
+        check_new_output(args.output, "--output", "--overwrite")
+    if args.target.metric == "fluency_nll" and args.no_fluency:
+        parser.error("a fluency_nll target needs the fluency model: drop --no_fluency")
+
+    from trl_diversity.toolkit.dial import dial as run_dial
+    from trl_diversity.toolkit.dial import dial_summary
+
+    cache = args.cache or f"{str(args.output).rstrip('/')}-cache"
+    result = run_dial(
+        _sweep_settings(args, cache),
+        args.target,
+        args.output,
+        tolerance=args.tolerance,
+        max_evaluations=args.max_evaluations,
+        merged=args.merged,
+        overwrite=args.overwrite,
+        report=lambda line: print(line, flush=True),
+    )
+    print(dial_summary(result, args.output))

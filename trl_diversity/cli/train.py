@@ -2,7 +2,11 @@
 
 Parsed the way TRL's own scripts parse theirs: `TrlParser` over the script arguments below, `DiversityCFGConfig`
 and TRL's `ModelConfig` (whose LoRA flags become a `peft_config`). A recipe's keys set the defaults and command-line
-flags override them; an unknown key is an error that names it.
+flags override them.
+
+The arguments are checked before anything is loaded: paths and the output folder even before torch is imported
+(`early_check`), then flag names, recipe keys and the config's own checks (`parse`), then the dataset. A mistake is a
+`UserError` that names the problem and the fix.
 
 The default job finetunes SmolLM2-135M-Instruct (the embedded offline default) with LoRA on the bundled prompts for
 a CPU-sized budget, then prints a before/after table.
@@ -10,41 +14,47 @@ a CPU-sized budget, then prints a before/after table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from trl_diversity.atomic import write_text_atomic
-from trl_diversity.data import load_prompts
-from trl_diversity.defaults import resolve_model
-from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
+from trl_diversity.cli.arguments import (
+    CommandParser,
+    check_embedder,
+    check_model,
+    find_unknown_flags,
+    looks_like_path,
+    unknown_arguments_message,
+    with_help_hint,
+)
+from trl_diversity.defaults import DEFAULT_JOB_LORA, DEFAULT_JOB_TRAINING, resolve_model
+from trl_diversity.errors import UserError, did_you_mean
 
-# The default job: what `trl-diversity train` runs with no recipe. About 10 minutes on 2 CPU cores.
+if typing.TYPE_CHECKING:
+    from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
+
+# The default job: what `trl-diversity train` runs with no recipe. About 7 minutes on 2 CPU cores.
 DEFAULT_JOB = {
     "model_name_or_path": "default",
     "use_peft": True,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "output_dir": "outputs/default",
-    "max_steps": 24,
-    "learning_rate": 2.0e-4,
-    "per_device_train_batch_size": 8,
-    "num_generations": 4,
-    "max_completion_length": 48,
-    "temperature": 1.0,
-    "logging_steps": 1,
-    "save_steps": 8,
-    "save_total_limit": 2,
-    "report_to": "none",
-    "gradient_checkpointing": False,
-    "guidance_scale": 3.0,
-    "diversity_coef": 15.0,
-    "seed": 0,
+    "lora_r": DEFAULT_JOB_LORA["r"],
+    "lora_alpha": DEFAULT_JOB_LORA["lora_alpha"],
+    "lora_target_modules": DEFAULT_JOB_LORA["target_modules"],
+    **DEFAULT_JOB_TRAINING,
 }
+USAGE = "trl-diversity train [recipe.yaml] [--flag value ...]"
+DESCRIPTION = (
+    "Finetune with diversity-rewarded CFG distillation. A recipe's keys set the defaults and flags override them; "
+    "with no recipe, the defaults below are the default job's. The method's options come first, then the data, the "
+    "model and LoRA (TRL's ModelConfig), then GRPO's and transformers' training options."
+)
+RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -74,23 +84,245 @@ class TrainScriptArguments:
         metadata={"help": "Evaluation prompts in the before/after table printed at the end; 0 skips it."},
     )
     report_samples: int = field(default=4, metadata={"help": "Samples per prompt in the before/after table."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an output_dir that holds files already. Its old checkpoint-* folders and before/after "
+            "table are deleted first, so that `--resume_from_checkpoint true` cannot pick up the old run. Without "
+            "this flag (or --resume_from_checkpoint), train refuses a non-empty output_dir."
+        },
+    )
+
+
+def _parser():
+    """The train parser, built on first use: `TrlParser` and the config behind it import torch and transformers."""
+    from trl import ModelConfig, TrlParser
+
+    from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
+
+    class Parser(TrlParser):
+        """TrlParser whose errors are one-line `UserError`s and whose help groups the options by origin, the
+        method's first (argparse prints groups in the order they were created)."""
+
+        def error(self, message: str):
+            if "argument --debug" in message:  # TrainingArguments' option, not the command line's traceback switch
+                message += (
+                    "; for a traceback of an error, put --debug before the command: `trl-diversity --debug train`"
+                )
+            raise UserError(with_help_hint(message, "trl-diversity train"))
+
+        def _add_dataclass_arguments(self, dtype):
+            if not hasattr(self, "_groups"):
+                self._groups = {
+                    "method": self.add_argument_group(
+                        "diversity-rewarded CFG distillation (DiversityCFGConfig's own fields)"
+                    ),
+                    TrainScriptArguments: self.add_argument_group("data and the before/after report"),
+                    ModelConfig: self.add_argument_group("model and LoRA (TRL's ModelConfig)"),
+                    DiversityCFGConfig: self.add_argument_group(
+                        "GRPO and training (GRPOConfig and transformers' TrainingArguments; GRPO's defaults unless "
+                        "the default job or a recipe sets them)"
+                    ),
+                }
+            own_fields = set(DiversityCFGConfig.__annotations__)  # declared in our class, not inherited from GRPO
+            hints = typing.get_type_hints(dtype)  # resolves `from __future__ import annotations` strings
+            for item in dataclasses.fields(dtype):
+                if not item.init:
+                    continue
+                item.type = hints[item.name]
+                group = self._groups["method" if dtype is DiversityCFGConfig and item.name in own_fields else dtype]
+                self._parse_dataclass_field(group, item)
+
+    return Parser(
+        (TrainScriptArguments, DiversityCFGConfig, ModelConfig),
+        allow_abbrev=False,  # see find_unknown_flags
+        prog="trl-diversity train",
+        usage=USAGE,
+        description=DESCRIPTION,
+    )
+
+
+def split_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(recipe path or None, the remaining flags): `train recipe.yaml --flag v` or `train --config recipe.yaml`."""
+    if argv and not argv[0].startswith("-"):
+        return argv[0], argv[1:]
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise UserError("--config needs a recipe file (or give the recipe first: `trl-diversity train r.yaml`).")
+        return argv[index + 1], argv[:index] + argv[index + 2 :]
+    return None, list(argv)
+
+
+def read_recipe(path: str) -> dict:
+    import yaml
+
+    recipe = Path(path)
+    if not recipe.is_file():
+        siblings = (
+            [p.name for p in recipe.parent.glob("*") if p.suffix in RECIPE_SUFFIXES] if recipe.parent.is_dir() else []
+        )
+        raise UserError(
+            f"recipe {path} does not exist{did_you_mean(recipe.name, siblings, prefix=f'{recipe.parent}/')}"
+        )
+    try:
+        values = yaml.safe_load(recipe.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"recipe {path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise UserError(f"recipe {path} must be a YAML mapping of field names to values (e.g. `max_steps: 50`).")
+    return values
 
 
 def parse(argv: list[str]):
-    from trl import ModelConfig, TrlParser
+    """(script arguments, DiversityCFGConfig, ModelConfig) from a recipe and flags; a mistake is a `UserError`."""
+    import torch
 
-    parser = TrlParser((TrainScriptArguments, DiversityCFGConfig, ModelConfig))
-    if argv and not argv[0].startswith("-"):
-        argv = ["--config", argv[0], *argv[1:]]  # `train recipe.yaml --flag value`
-    if "--config" not in argv:
+    recipe, flags = split_recipe(list(argv))
+    parser = _parser()
+    if recipe is None:
         parser.set_defaults_with_config(**DEFAULT_JOB)
-    if not torch.cuda.is_available() and "--use_cpu" not in argv:
+    else:
+        fields = {action.dest for action in parser._actions} - {"help"}
+        for key in read_recipe(recipe):
+            if key not in fields and key != "env":
+                raise UserError(f"recipe {recipe}: unknown key `{key}`{did_you_mean(key, fields)}")
+    if not torch.cuda.is_available() and "--use_cpu" not in flags:
         parser.set_defaults_with_config(use_cpu=True, bf16=False)
-    return parser.parse_args_and_config(argv)
+    # Unknown flags first: a typo means the value the user meant was not applied, which may explain other errors.
+    unknown = find_unknown_flags(flags, parser._option_string_actions) or parser.parse_known_args(flags)[1]
+    if unknown:
+        parser.error(unknown_arguments_message(unknown, parser._option_string_actions))
+    try:
+        return parser.parse_args_and_config([*(["--config", recipe] if recipe else []), *flags])
+    except UserError:
+        raise
+    except ValueError as error:  # the config's checks (ours, GRPO's, TrainingArguments'): all about the arguments
+        raise UserError(str(error)) from error
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checks that need no model
+
+
+# Fields whose values `early_check` reads from the recipe and flags before the full parser exists.
+_EARLY_FIELDS = (
+    "model_name_or_path",
+    "teacher_model",
+    "diversity_embedder",
+    "dataset_name",
+    "output_dir",
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+)
+
+
+def early_check(argv: list[str]) -> None:
+    """Check the paths and the output folder before torch is imported: a mistake there is reported at once.
+
+    A cheap reading of the few path fields from the default job or recipe and the flags; `parse` reads them
+    properly afterwards and `check_arguments` checks them again, so a reading missed here is still caught.
+    """
+    recipe, flags = split_recipe(list(argv))
+    values = dict(DEFAULT_JOB) if recipe is None else read_recipe(recipe)
+    reader = CommandParser(add_help=False)
+    for name in _EARLY_FIELDS:
+        flag = {"nargs": "?", "const": "true"} if name == "overwrite_output_dir" else {}
+        reader.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, **flag)
+    try:
+        given, _ = reader.parse_known_args(flags)
+    except UserError:  # e.g. a path flag with no value: `parse` reports it, with the full parser's help
+        return
+    values.update({k: v for k, v in vars(given).items() if v is not None})
+    overwrite = str(values.get("overwrite_output_dir", False)).lower() in ("true", "1", "yes")
+    check_values({**values, "overwrite_output_dir": overwrite})
+
+
+def check_values(values: dict) -> None:
+    """The checks shared by `early_check` and `check_arguments`, on a dict of field values."""
+    check_model(values.get("model_name_or_path", "default"), "--model_name_or_path", adapter=False)
+    if values.get("teacher_model") is not None:  # None: the initial policy is the teacher
+        check_model(values["teacher_model"], "--teacher_model", adapter=False)
+    check_embedder(values.get("diversity_embedder"), "--diversity_embedder")
+    dataset = values.get("dataset_name")
+    if dataset is not None and not Path(dataset).exists():
+        if looks_like_path(dataset) or Path(dataset).suffix in (".json", ".jsonl", ".csv", ".parquet"):
+            raise UserError(
+                f"--dataset_name {dataset} does not exist; pass a .json/.jsonl/.csv/.parquet file or a folder with a "
+                "`prompt` column, a hub dataset id, or leave it unset for the bundled prompts."
+            )
+    check_output_dir(
+        values.get("output_dir") or "trainer_output",
+        values.get("resume_from_checkpoint"),
+        bool(values.get("overwrite_output_dir")),
+    )
+
+
+def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> None:
+    """Refuse a folder that holds an earlier run, unless the user asked to resume it or to overwrite it."""
+    if not _first_process():
+        # Under `accelerate launch`, the first process alone decides: another one checking later could find the
+        # files the first already wrote. If the first refuses, the launcher stops the others.
+        return
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {output_dir} is a file; pass a folder (it is created if missing).")
+    resume = _resume_argument(resume)
+    if resume is True:
+        if not any(out.glob("checkpoint-*")):
+            raise UserError(
+                f"--resume_from_checkpoint true: {output_dir} holds no checkpoint-* folder to resume from. Drop the "
+                "flag to start a fresh run, or point --output_dir at the run to resume."
+            )
+        return
+    if resume is not None:
+        if not Path(resume).is_dir():
+            raise UserError(f"--resume_from_checkpoint {resume} is not a checkpoint folder (or pass `true`).")
+        return
+    contents = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if contents and not overwrite:
+        shown = ", ".join(contents[:4]) + (", ..." if len(contents) > 4 else "")
+        raise UserError(
+            f"--output_dir {output_dir} already holds files ({shown}). Choose another --output_dir, continue that "
+            "run with --resume_from_checkpoint true, or pass --overwrite_output_dir to replace it."
+        )
+
+
+def check_arguments(script_args, training_args, model_args) -> None:
+    """Everything that can be checked once the arguments are parsed, before any model or embedder loads."""
+    check_values(
+        {
+            "model_name_or_path": model_args.model_name_or_path,
+            "teacher_model": training_args.teacher_model,
+            "diversity_embedder": training_args.diversity_embedder,
+            "dataset_name": script_args.dataset_name,
+            "output_dir": training_args.output_dir,
+            "resume_from_checkpoint": training_args.resume_from_checkpoint,
+            "overwrite_output_dir": script_args.overwrite_output_dir,
+        }
+    )
+    if training_args.distill_coef == 0 and training_args.diversity_coef == 0:
+        raise UserError(
+            "Nothing to train on: --distill_coef 0 and --diversity_coef 0. Set --distill_coef > 0 (CFG "
+            "distillation) or --diversity_coef > 0 (diversity reward); extra reward functions need the Python API."
+        )
+
+
+def clear_previous_run(output_dir: str) -> list[str]:
+    """With --overwrite_output_dir: delete the old run's checkpoints and table, so that nothing of it can be mistaken
+    for the new run's (the new run's files replace the rest). Returns what was deleted."""
+    out = Path(output_dir)
+    stale = [*out.glob("checkpoint-*"), *out.glob("before_after.*")]
+    if _first_process():  # one process deletes; the others start training after it
+        for path in stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return sorted(p.name for p in stale)
 
 
 def load_train_dataset(script_args: TrainScriptArguments):
     from datasets import load_dataset
+
+    from trl_diversity.data import load_prompts
 
     if script_args.dataset_name is None:
         dataset = load_prompts(
@@ -107,7 +339,7 @@ def load_train_dataset(script_args: TrainScriptArguments):
         if script_args.max_train_prompts is not None:
             dataset = dataset.select(range(min(script_args.max_train_prompts, len(dataset))))
     if "prompt" not in dataset.column_names:
-        raise ValueError(
+        raise UserError(
             f"The training dataset has no `prompt` column (columns: {dataset.column_names}). Rename the column that "
             "holds the prompts to `prompt`."
         )
@@ -138,9 +370,31 @@ def build_trainer(script_args: TrainScriptArguments, training_args: DiversityCFG
     )
 
 
+def load_checked_dataset(script_args: TrainScriptArguments):
+    """The training prompts, checked (a `prompt` column, no empty prompt) before any model loads."""
+    from trl_diversity.trainer.validation import check_prompt_dataset
+
+    try:
+        dataset = load_train_dataset(script_args)
+        check_prompt_dataset(dataset, f"--dataset_name {script_args.dataset_name}")
+    except FileNotFoundError as error:  # datasets' "not found" errors, e.g. an unknown hub dataset
+        raise UserError(f"--dataset_name {script_args.dataset_name}: {error}") from error
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    return dataset
+
+
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args = parse(list(sys.argv[1:] if argv is None else argv))
-    load_train_dataset(script_args)  # a bad dataset fails before the base model is measured
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not {"-h", "--help"} & set(argv):
+        early_check(argv)
+    script_args, training_args, model_args = parse(argv)
+    check_arguments(script_args, training_args, model_args)
+    if script_args.overwrite_output_dir and _resume_argument(training_args.resume_from_checkpoint) is None:
+        deleted = clear_previous_run(training_args.output_dir)
+        if deleted:
+            print(f"--overwrite_output_dir: deleted {', '.join(deleted)} from {training_args.output_dir}")
+    load_checked_dataset(script_args)  # a bad dataset fails before the base model is measured
 
     report = None
     if script_args.report_prompts > 0:
@@ -177,6 +431,11 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(training_args.output_dir)
             write_text_atomic(out / "before_after.md", table + "\n")
             write_text_atomic(out / "before_after.json", json.dumps(report.rows, indent=2) + "\n")
+
+
+def _first_process() -> bool:
+    """Rank 0 of a distributed launch (torchrun and accelerate set RANK), or a single process."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _resume_argument(value: str | None) -> str | bool | None:

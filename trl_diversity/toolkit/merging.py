@@ -23,13 +23,14 @@ from safetensors.torch import save_file
 
 from trl_diversity.atomic import atomic_folder
 from trl_diversity.defaults import resolve_model
+from trl_diversity.errors import UserError
 
 # Config keys that may differ between two finetunes of the same architecture.
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
 _MODEL_FILES = ("config.json", "generation_config.json")
 
 
-class MergeError(ValueError):
+class MergeError(UserError):
     """Two models cannot be interpolated (different architectures, shapes, bases or tokenizers)."""
 
 

@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 FAMILIES = {
-    "cfg": ("CFG on the base model (2 passes / token)", "tab:red", "s"),
-    "merge": ("LERP of the finetunes (1 pass / token)", "tab:blue", "o"),
+    "cfg": ("CFG on the base model", "tab:red", "s"),
+    "merge": ("LERP of the finetunes", "tab:blue", "o"),
 }
+
+
+def cost_label(points: list[dict]) -> str:
+    """The inference cost of a family, from its points: '2 passes / token, 1 at CFG 1' (scale 1 is no guidance,
+    so it costs one pass like any unguided model)."""
+    passes = [p["forward_passes_per_token"] for p in points]
+    usual = max(set(passes), key=passes.count)
+    exceptions = [f"{n} at {p['label']}" for n, p in zip(passes, points) if n != usual]
+    return ", ".join([f"{usual} pass{'' if usual == 1 else 'es'} / token", *exceptions])
 
 
 def plot_fronts(result: dict, path: Path) -> Path:
@@ -41,7 +50,7 @@ def plot_fronts(result: dict, path: Path) -> Path:
             color=color,
             alpha=0.85,
             capsize=3,
-            label=f"{name}, HV {result['fronts'][family]['hypervolume']:.3f}",
+            label=f"{name} ({cost_label(points)}), HV {result['fronts'][family]['hypervolume']:.3f}",
         )
         front = sorted((x, y) for x, y, p in zip(xs, ys, points) if p["pareto_in_family"])
         axes.plot([x for x, _ in front], [y for _, y in front], "-", color=color, linewidth=1.5)

@@ -2,8 +2,10 @@
 between a quality-focused and a diversity-focused finetune (no CFG, one forward pass per token).
 
 Every point is generated and evaluated on the same prompts, then cached under `<output>/points/` by a key of its
-settings, so a re-run with one more point only computes that point. Outputs: `sweep.json`, `sweep.md` (every point,
-its cost, whether it is Pareto-optimal, each front's hypervolume) and `sweep.png` (the fronts with 95% CIs).
+settings, so a re-run with one more point only computes that point. The merged model of each weight is kept under
+`<output>/models/lerp-<w>-<pair>/` (`<pair>` a short hash of the two finetunes and the base), ready to use. Outputs:
+`sweep.json`, `sweep.md` (every point, its cost, whether it is Pareto-optimal, each front's hypervolume) and
+`sweep.png` (the fronts with 95% CIs).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +50,8 @@ class SweepSettings:
 
 
 def _point_key(settings: SweepSettings, family: str, value: float) -> str:
-    model = settings.base if family == "cfg" else f"{settings.model_a}|{settings.model_b}"
+    # A merge point depends on the base too: LoRA adapters are merged onto `settings.base`.
+    model = settings.base if family == "cfg" else f"{settings.model_a}|{settings.model_b}|{settings.base}"
     identity = {
         "family": family,
         "value": value,
@@ -67,26 +71,49 @@ def _point_key(settings: SweepSettings, family: str, value: float) -> str:
     return f"{family}-{value:g}-{digest}"
 
 
-def run_sweep(settings: SweepSettings) -> dict:
-    from trl_diversity.rewards.embedder import load_embedder
+class PointEvaluator:
+    """Generates and evaluates one point (a guidance scale of the base, or a merge weight of the two finetunes) at a
+    time, and caches each under `<output_dir>/points/` by a key of everything that changes it.
 
-    out = Path(settings.output_dir)
-    (out / "points").mkdir(parents=True, exist_ok=True)
-    plan = [("cfg", g) for g in settings.guidance_scales] + [("merge", w) for w in settings.weights]
-    embedder = load_embedder(settings.embedder, device="cpu")
-    fluency = None
-    points = []
-    bar = tqdm(plan, desc="sweep", unit="point", position=0)
-    for family, value in bar:
-        bar.set_postfix_str(f"{family} {value:g}")
-        cache = out / "points" / f"{_point_key(settings, family, value)}.json"
+    Shared by the sweep and the dial (`toolkit/dial.py`), so each reuses the points the other computed. The embedder
+    and the fluency model load on the first point that is not cached. A merge point's model is written to
+    `<output_dir>/models/lerp-<w>-<pair>/`; with `keep_models=False` it is deleted once evaluated (unless it was
+    there already).
+    """
+
+    def __init__(self, settings: SweepSettings, keep_models: bool = True):
+        self.settings = settings
+        self.out = Path(settings.output_dir)
+        (self.out / "points").mkdir(parents=True, exist_ok=True)
+        self.keep_models = keep_models
+        self._embedder = None
+        self._fluency = None
+
+    def cache_path(self, family: str, value: float) -> Path:
+        return self.out / "points" / f"{_point_key(self.settings, family, value)}.json"
+
+    def is_cached(self, family: str, value: float) -> bool:
+        return self.cache_path(family, value).is_file()
+
+    def __call__(self, family: str, value: float) -> dict:
+        cache = self.cache_path(family, value)
         if cache.is_file():
-            points.append(json.loads(cache.read_text()))
-            continue
-        if settings.fluency and fluency is None:
-            fluency = load_generation_model(settings.base)
-        model_path = settings.base if family == "cfg" else _merged_model(settings, value, out)
-        model, tokenizer = load_generation_model(model_path)
+            return json.loads(cache.read_text())
+        settings = self.settings
+        if self._embedder is None:
+            from trl_diversity.rewards.embedder import load_embedder
+
+            self._embedder = load_embedder(settings.embedder, device="cpu")
+        if settings.fluency and self._fluency is None:
+            self._fluency = load_generation_model(settings.base)
+        created = None
+        if family == "cfg":
+            model_path = settings.base
+        else:
+            model_path = self.merged_model_path(value)
+            if not model_path.exists():
+                created = lerp_merge(settings.model_a, settings.model_b, value, model_path, base=settings.base)
+        model, tokenizer = load_generation_model(str(model_path))
         label = f"CFG {value:g}" if family == "cfg" else f"LERP w={value:g}"
         records = list(
             generate_records(
@@ -106,20 +133,30 @@ def run_sweep(settings: SweepSettings) -> dict:
             )
         )
         write_jsonl(records, cache.with_suffix(".jsonl"))
-        entry = summarize(records, embedder, fluency=fluency, chat=settings.chat)[label]
+        entry = summarize(records, self._embedder, fluency=self._fluency, chat=settings.chat)[label]
         point = {"family": family, "value": value, "label": label, **entry}
         _write_json(cache, point)
-        points.append(point)
         del model
         gc.collect()
+        if created is not None and not self.keep_models:
+            shutil.rmtree(created, ignore_errors=True)
+        return point
+
+    def merged_model_path(self, weight: float) -> Path:
+        """Where the merge at `weight` of this pair (and base) lives: a stale merge of other models is never reused."""
+        pair = f"{self.settings.model_a}|{self.settings.model_b}|{self.settings.base}"
+        return self.out / "models" / f"lerp-{weight:g}-{hashlib.sha1(pair.encode()).hexdigest()[:8]}"
+
+
+def run_sweep(settings: SweepSettings) -> dict:
+    evaluate = PointEvaluator(settings)
+    plan = [("cfg", g) for g in settings.guidance_scales] + [("merge", w) for w in settings.weights]
+    points = []
+    bar = tqdm(plan, desc="sweep", unit="point", position=0)
+    for family, value in bar:
+        bar.set_postfix_str(f"{family} {value:g}")
+        points.append(evaluate(family, value))
     return finish(points, settings)
-
-
-def _merged_model(settings: SweepSettings, weight: float, out: Path) -> str:
-    target = out / "models" / f"lerp-{weight:g}"
-    if not target.exists():
-        lerp_merge(settings.model_a, settings.model_b, weight, target, base=settings.base)
-    return str(target)
 
 
 def finish(points: list[dict], settings: SweepSettings) -> dict:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from trl_diversity.defaults import DEFAULT_JOB_TRAINING
 from trl_diversity.rewards.registry import check_group_reward_name
 from trl_diversity.trainer.divergence import DIVERGENCES
 
@@ -133,4 +134,46 @@ class DiversityCFGConfig(GRPOConfig):
                 f"diversity_coef={self.diversity_coef} needs at least 2 samples per prompt to compare, but "
                 f"num_generations={self.num_generations}. Set num_generations >= 2 (the paper uses 4 or more)."
             )
+        self._resolve_inherited_defaults()
         super().__post_init__()
+
+    def _resolve_inherited_defaults(self) -> None:
+        # GRPO's `bf16` default (None, meaning "bf16 unless fp16") fails on a machine without a bf16 GPU ("Your setup
+        # doesn't support bf16/gpu"), so a script written for a GPU would not run on a laptop. Left unset there, it
+        # means float32 instead; an explicit bf16=True still fails as in GRPO, and GPUs keep GRPO's choice.
+        if self.bf16 is None and not self.fp16 and not self.use_cpu and not _bf16_accelerator_available():
+            self.bf16 = False
+        # Pinned memory only helps copies to an accelerator; without one, torch warns on every dataloader. (With
+        # use_cpu=True, TrainingArguments turns it off itself.)
+        if self.dataloader_pin_memory and not _any_accelerator_available():
+            self.dataloader_pin_memory = False
+        # transformers renamed `gradient_checkpointing*` to `activation_checkpointing*` and warns (FutureWarning) on
+        # every config whose old name carries a value; GRPO's default does, so every run warned about a name the user
+        # never typed. Moving the value to the new name first keeps its meaning and silences that warning.
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if getattr(self, new, False) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
+
+    @classmethod
+    def default_job(cls, output_dir: str = "outputs/default", **overrides) -> DiversityCFGConfig:
+        """The settings of `trl-diversity train`'s default job (sized for a CPU: learning rate 2e-4, 4 samples of
+        48 tokens, 24 steps, no gradient checkpointing), with `overrides` on top. The class's own defaults are
+        GRPO's (learning rate 1e-6, 8 samples of up to 512 tokens), meant for long GPU runs."""
+        return cls(**{**DEFAULT_JOB_TRAINING, "output_dir": output_dir, **overrides})
+
+
+def _any_accelerator_available() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every backend (CUDA, XPU, MPS, ...)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def _bf16_accelerator_available() -> bool:
+    """The condition under which TrainingArguments accepts bf16 without use_cpu."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return is_torch_bf16_gpu_available() or is_torch_xla_available()

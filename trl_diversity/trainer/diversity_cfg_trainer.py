@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
@@ -28,12 +29,14 @@ from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing, prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, get_config_model_id, use_adapter
 
+from trl_diversity.defaults import DEFAULT_MODEL_NAMES, resolve_model
 from trl_diversity.rewards.baselines import group_advantages, is_pairwise
 from trl_diversity.rewards.group import LOCAL_KWARGS, score_groups
 from trl_diversity.rewards.registry import resolve_group_reward
 from trl_diversity.trainer.divergence import chunked_token_divergence
 from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
 from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
+from trl_diversity.trainer.model_card import name_local_base_model
 from trl_diversity.trainer.normalization import reduce_like_grpo
 from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
 from trl_diversity.trainer.teacher import guided_teacher_hidden_states
@@ -71,6 +74,8 @@ class DiversityCFGTrainer(GRPOTrainer):
         rollout_func=None,
         environment_factory=None,
     ):
+        if isinstance(model, str) and model.lower() in DEFAULT_MODEL_NAMES:
+            model = resolve_model(model)  # "default": the bundled SmolLM2, as on the command line
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = DiversityCFGConfig(f"{name.split('/')[-1] or 'model'}-DiversityCFG")
@@ -176,6 +181,11 @@ class DiversityCFGTrainer(GRPOTrainer):
         self._teacher_adapter = None  # with a user-supplied adapter: the name of its frozen copy ("ref")
         if args.distill_coef > 0:
             self._set_up_teacher(initial_policy, user_adapter_model)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.is_world_process_zero():  # TRL's card says "fine-tuned version of [None]" for a local base
+            name_local_base_model(Path(self.args.output_dir) / "README.md", get_config_model_id(self.model.config))
 
     def _send_telemetry(self):
         # TRL pings the hub with usage telemetry when a trainer is built. This project makes no network call the
