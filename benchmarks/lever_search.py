@@ -26,12 +26,12 @@ STEPS = 24
 LAST = 8  # steps averaged at the start and the end of each run
 
 # name -> the levers that differ from the paper's diversity model (diversity_coef 15, reverse KL, CFG 3, k = 4)
-RUNS = {
+RUNS = {  # in the order they run: the same-budget baselines, then one lever at a time
     "beta0-reverse_kl": {"diversity_coef": 0.0},
     "beta15-reverse_kl": {},
     "beta50-reverse_kl": {"diversity_coef": 50.0},
-    "beta0-forward_kl": {"diversity_coef": 0.0, "distill_divergence": "forward_kl"},
     "beta15-forward_kl": {"distill_divergence": "forward_kl"},
+    "beta0-forward_kl": {"diversity_coef": 0.0, "distill_divergence": "forward_kl"},
     "beta15-jsd": {"distill_divergence": "jsd"},
     "beta15-k8": {"num_generations": 8},
     "beta15-cfg1.5": {"guidance_scale": 1.5},
@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     for index, name in enumerate(names):
         print(f"[{index + 1}/{len(names)}] {name} ({STEPS} steps)", flush=True)
         train_finetune(finetune_of(name), BUDGETS["full"], checkpoints, results)
+        write_table(results)  # after every run, so an interrupted search still reports what it finished
+
+
+def write_table(results: Path) -> None:
     rows = {}
     for name in RUNS:
         finetune = finetune_of(name)
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     write_text_atomic(results / "lever_search.md", "\n".join(lines) + "\n")
     write_text_atomic(results / "lever_search.json", json.dumps(rows, indent=1))
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
