@@ -42,6 +42,7 @@ import trl_diversity.trainer.diversity_cfg_trainer as trainer_module
 from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer
 from trl_diversity.data import load_prompts
 from trl_diversity.rewards.embedder import completion_text
+from trl_diversity.trainer.shutdown import end_distributed_run
 
 torch.set_num_threads(1)
 checkpoint, output_dir, teacher_kind = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -258,3 +259,4 @@ if trainer.teacher is not None:
 record["log_history"] = trainer.state.log_history
 record["num_processes"] = trainer.accelerator.num_processes
 torch.save(record, os.path.join(output_dir, f"rank{trainer.accelerator.process_index}.pt"))
+end_distributed_run(trainer.accelerator)

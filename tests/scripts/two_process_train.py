@@ -27,6 +27,7 @@ from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer  # noqa: E402
 from trl_diversity.data import load_prompts  # noqa: E402
 from trl_diversity.rewards import LexicalDiversity, PartitionDiversity, as_reward_function  # noqa: E402
 from trl_diversity.rewards.text import completion_text  # noqa: E402
+from trl_diversity.trainer.shutdown import end_distributed_run  # noqa: E402
 
 torch.set_num_threads(1)
 checkpoint, output_dir = sys.argv[1], sys.argv[2]
@@ -111,3 +112,4 @@ result["grpo"] = finish(grpo, list(toy_group_rewards.CALLS))
 if ours.accelerator.is_main_process:
     with open(os.path.join(output_dir, "result.json"), "w") as f:
         json.dump(result, f)
+end_distributed_run(grpo.accelerator)

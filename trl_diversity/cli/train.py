@@ -35,6 +35,7 @@ from trl_diversity.cli.arguments import (
 )
 from trl_diversity.defaults import DEFAULT_JOB_LORA, DEFAULT_JOB_TRAINING, resolve_model
 from trl_diversity.errors import UserError, did_you_mean
+from trl_diversity.trainer.shutdown import end_distributed_run
 
 if typing.TYPE_CHECKING:
     from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
@@ -413,6 +414,12 @@ def main(argv: list[str] | None = None) -> None:
         report.measure_base(model_path)
 
     trainer = build_trainer(script_args, training_args, model_args)
+    _train_and_save(trainer, training_args, model_args, report)
+    # Not in a `finally`: after an error on one rank, a barrier would wait for ranks that are elsewhere.
+    end_distributed_run(trainer.accelerator)
+
+
+def _train_and_save(trainer, training_args, model_args, report) -> None:
     trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
     if trainer.interrupted:
         if trainer.accelerator.is_main_process:
