@@ -3,6 +3,7 @@
     python benchmarks/reproduce.py --budget full    # the real experiment (hours on 2 CPU cores; resumable)
     python benchmarks/reproduce.py --budget small   # every stage at toy sizes (minutes; runs as a test)
     python benchmarks/reproduce.py --budget full --report_only   # rebuild the report from the cached points
+    python benchmarks/reproduce.py --budget full --diversity_coef 50   # another diversity model, same everything else
 
 Stages, each cached so that a re-run computes only what is missing:
 1. two LoRA finetunes from the same base, seed and budget: `beta = 0` (pure CFG distillation, the quality model)
@@ -23,7 +24,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +213,15 @@ def point_file_stem(point: Point) -> str:
     return "base-1" if _is_base_sampler(point) else f"{point.family}-{point.value:g}"
 
 
+def lerp_models(weight: float, budget: Budget) -> list[str]:
+    """The finetunes a LERP point is made of: w = 0 is the quality model alone, so two diversity models share it."""
+    if weight == 0.0:
+        return [budget.quality.key()]
+    if weight == 1.0:
+        return [budget.diversity.key()]
+    return [budget.quality.key(), budget.diversity.key()]
+
+
 def point_key(point: Point, budget: Budget, prompts: list[str]) -> str:
     identity = {
         "point": asdict(point),
@@ -220,7 +230,7 @@ def point_key(point: Point, budget: Budget, prompts: list[str]) -> str:
         "max_new_tokens": budget.max_new_tokens,
         "prompts_per_batch": budget.prompts_per_batch,
         "seed": 0,
-        "models": [budget.quality.key(), budget.diversity.key()] if point.family == "lerp" else "base",
+        "models": lerp_models(point.value, budget) if point.family == "lerp" else "base",
     }
     if _is_base_sampler(point):
         identity["point"] = "base"
@@ -248,8 +258,28 @@ def evaluate_point(point: Point, model_path: str, budget: Budget, prompts: list[
         )
     )
     entry = summarize(records, context["embedder"], fluency=context["fluency"])[point.label]
-    examples = [r["completion"] for r in records if r["prompt"] == prompts[0]]
-    return {"family": point.family, "value": point.value, "label": point.label, **entry, "examples": examples}
+    # Every completion is kept (about 80 KB a point), so that a judge added later needs no regeneration.
+    completions = [[r["completion"] for r in records if r["prompt"] == prompt] for prompt in prompts]
+    return {
+        "family": point.family,
+        "value": point.value,
+        "label": point.label,
+        **entry,
+        "examples": completions[0],
+        "completions": completions,
+    }
+
+
+# A cached point without one of these was evaluated before that judge existed: it is evaluated again. Generation is
+# seeded, so the same completions come back and only the new judge's values are added.
+REQUIRED_METRICS = ("adherence", "pairwise_diversity", "base_lm_diversity", "partitions", "fluency_nll")
+
+
+def is_cached(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    metrics = json.loads(path.read_text())["metrics"]
+    return all(name in metrics for name in REQUIRED_METRICS)
 
 
 def lerp_model(weight: float, adapters: dict[str, Path], checkpoints: Path, budget: Budget) -> str:
@@ -270,17 +300,39 @@ def lerp_model(weight: float, adapters: dict[str, Path], checkpoints: Path, budg
 # Driver
 
 
-def run(budget_name: str, results: Path, checkpoints: Path, report: Path, report_only: bool) -> dict:
+def with_diversity_coef(budget: Budget, diversity_coef: float | None) -> Budget:
+    """The budget with another diversity model. The quality model, the base points and their caches are unchanged
+    (their keys do not involve the diversity model), so only the new finetune and its LERP points are computed."""
+    if diversity_coef is None or diversity_coef == budget.diversity.diversity_coef:
+        return budget
+    return replace(budget, diversity=replace(budget.diversity, diversity_coef=diversity_coef))
+
+
+def command_of(budget_name: str, diversity_coef: float | None) -> str:
+    flags = f"--budget {budget_name}"
+    if diversity_coef is not None and diversity_coef != BUDGETS[budget_name].diversity.diversity_coef:
+        flags += f" --diversity_coef {diversity_coef:g}"
+    return flags
+
+
+def run(
+    budget_name: str,
+    results: Path,
+    checkpoints: Path,
+    report: Path,
+    report_only: bool,
+    diversity_coef: float | None = None,
+) -> dict:
     from trl_diversity.atomic import write_text_atomic
     from trl_diversity.data import load_prompts
 
-    budget = BUDGETS[budget_name]
+    budget = with_diversity_coef(BUDGETS[budget_name], diversity_coef)
     prompts = list(load_prompts("eval", limit=budget.num_prompts)["prompt"])
     points = points_of(budget)
     (results / "points").mkdir(parents=True, exist_ok=True)
     cache = {p: results / "points" / f"{point_file_stem(p)}-{point_key(p, budget, prompts)}.json" for p in points}
     if report_only:
-        missing = [p.label for p in points if not cache[p].is_file()]
+        missing = [p.label for p in points if not is_cached(cache[p])]
         if missing:
             sys.exit(f"--report_only needs every point cached; missing: {', '.join(missing)}. Run without it.")
     else:
@@ -300,7 +352,7 @@ def run(budget_name: str, results: Path, checkpoints: Path, report: Path, report
         order = sorted(zip(points, plan[2:]), key=lambda item: evaluation_priority(item[0]))
         for point, (kind, units) in order:
             progress.begin(f"evaluate {point.label}")
-            if cache[point].is_file():
+            if is_cached(cache[point]):
                 progress.finish(kind, units, None)
                 continue
             if context is None:
@@ -312,7 +364,11 @@ def run(budget_name: str, results: Path, checkpoints: Path, report: Path, report
             model_path = (
                 "default" if point.family != "lerp" else lerp_model(point.value, adapters, checkpoints, budget)
             )
+            previous = json.loads(cache[point].read_text()) if cache[point].is_file() else None
             entry = evaluate_point(point, model_path, budget, prompts, context)
+            if previous is not None:
+                same = previous.get("examples") == entry["examples"]
+                print(f"  re-evaluated for a new judge; same completions as before: {same}", flush=True)
             write_text_atomic(cache[point], json.dumps(entry, indent=1))
             progress.finish(kind, units, time.perf_counter() - started)
         print(f"All stages done in {(time.perf_counter() - progress.started) / 60:.1f} min.", flush=True)
@@ -328,7 +384,8 @@ def run(budget_name: str, results: Path, checkpoints: Path, report: Path, report
         log_file = results / "training" / f"{finetune.name}-{finetune.key()}.json"
         if log_file.is_file():
             logs[finetune.name] = json.loads(log_file.read_text())
-    return write_report(budget_name, budget, prompts, evaluated, logs, report, results)
+    summary = results / ("summary.json" if budget is BUDGETS[budget_name] else f"summary-beta{diversity_coef:g}.json")
+    return write_report(command_of(budget_name, diversity_coef), budget, prompts, evaluated, logs, report, summary)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -338,12 +395,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", default=None, help="finetune checkpoints (default: outputs/reproduce-*)")
     parser.add_argument("--report", default=None, help="Markdown report; plots are written beside it")
     parser.add_argument("--report_only", action="store_true", help="rebuild the report from cached points only")
+    parser.add_argument(
+        "--diversity_coef",
+        type=float,
+        default=None,
+        help="beta of the diversity model (default: the budget's, 15); the report gets a _beta<value> suffix",
+    )
     args = parser.parse_args(argv)
+    if args.diversity_coef is not None and args.diversity_coef <= 0:
+        parser.error(f"--diversity_coef must be > 0 (the quality model is beta = 0), got {args.diversity_coef:g}")
     full = args.budget == "full"
     results = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction-{args.budget}")
     checkpoints = Path(args.checkpoints or ROOT / "outputs" / f"reproduce-{args.budget}")
-    report = Path(args.report or (ROOT / "docs" / "reproduction.md" if full else results / "reproduction.md"))
-    run(args.budget, results, checkpoints, report, args.report_only)
+    default_name = "reproduction"
+    if with_diversity_coef(BUDGETS[args.budget], args.diversity_coef) is not BUDGETS[args.budget]:
+        default_name += f"_beta{args.diversity_coef:g}"
+    report = Path(args.report or (ROOT / "docs" if full else results) / f"{default_name}.md")
+    run(args.budget, results, checkpoints, report, args.report_only, args.diversity_coef)
     print(f"Report: {report}")
 
 

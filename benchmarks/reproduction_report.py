@@ -13,8 +13,9 @@ from trl_diversity.toolkit.comparison import matched_quality_gap, paired_differe
 
 QUALITY = "adherence"
 MINILM = "pairwise_diversity"
-# Diversity judges that training never saw: the partition count (NoveltyBench's distinct_k) and lexical measures.
-HELD_OUT = {"partitions": "higher", "distinct_2": "higher", "self_bleu": "lower"}
+# Diversity judges that training never saw: a second embedding space (the base model's mean-pooled hidden states),
+# the partition count (NoveltyBench's distinct_k) and lexical measures.
+HELD_OUT = {"base_lm_diversity": "higher", "partitions": "higher", "distinct_2": "higher", "self_bleu": "lower"}
 FAMILIES = {
     "cfg": ("CFG on the base (2 passes / token; 1 at gamma = 1)", "tab:red", "s"),
     "temperature": ("temperature on the base (1 pass / token)", "tab:green", "^"),
@@ -200,15 +201,16 @@ def _gap_text(gap: dict | None) -> str:
 
 def points_table(evaluated: dict) -> list[str]:
     lines = [
-        "| point | adherence ↑ | MiniLM diversity ↑ | partitions ↑ (of k) | distinct-2 ↑ | self-BLEU ↓ | fluency NLL ↓ "
-        "| passes / token | tokens / s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| point | adherence ↑ | MiniLM diversity ↑ | base-LM diversity ↑ | partitions ↑ (of k) | distinct-2 ↑ "
+        "| self-BLEU ↓ | fluency NLL ↓ | passes / token | tokens / s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for point, entry in evaluated.items():
         m = entry["metrics"]
         speed = entry.get("tokens_per_second")
         lines.append(
-            f"| {point.label} | {_fmt(m[QUALITY])} | {_fmt(m[MINILM])} | {_fmt(m['partitions'], 2)} | "
+            f"| {point.label} | {_fmt(m[QUALITY])} | {_fmt(m[MINILM])} | {_fmt(m['base_lm_diversity'])} | "
+            f"{_fmt(m['partitions'], 2)} | "
             f"{_fmt(m['distinct_2'])} | {_fmt(m['self_bleu'], 1)} | {_fmt(m['fluency_nll'], 2)} | "
             f"{entry['forward_passes_per_token']} | {'' if speed is None else f'{speed:.1f}'} |"
         )
@@ -264,10 +266,11 @@ def plot_fronts(evaluated: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    figure, axes = plt.subplots(1, 3, figsize=(19, 5.5))
     for axis, metric, title in (
         (axes[0], MINILM, "MiniLM pairwise diversity (the training reward's judge)"),
-        (axes[1], "partitions", "partition count, NoveltyBench distinct_k (held out)"),
+        (axes[1], "base_lm_diversity", "base-model hidden-state diversity (held out)"),
+        (axes[2], "partitions", "partition count, NoveltyBench distinct_k (held out)"),
     ):
         for family, (name, color, marker) in FAMILIES.items():
             members = sorted(
@@ -349,7 +352,9 @@ def training_summary(logs: dict) -> list[str]:
     return lines
 
 
-def write_report(budget_name, budget, prompts, evaluated, logs, report: Path, results: Path) -> dict:
+def write_report(command_flags, budget, prompts, evaluated, logs, report: Path, summary_file: Path) -> dict:
+    """The Markdown report (plots beside it) and `summary_file`; `command_flags` is how reproduce.py was called."""
+    results = summary_file.parent
     analysis = analyse(evaluated)
     rows = claims(analysis)
     fronts_png = report.with_name(report.stem + "_fronts.png")
@@ -359,9 +364,9 @@ def write_report(budget_name, budget, prompts, evaluated, logs, report: Path, re
     q, d = budget.quality, budget.diversity
     discussion = report.with_name(report.stem + "_discussion.md")  # written by hand, beside the generated report
     lines = [
-        f"# Reproduction on SmolLM2-135M-Instruct (`--budget {budget_name}`)",
+        f"# Reproduction on SmolLM2-135M-Instruct (`{command_flags}`)",
         "",
-        f"Made by `python benchmarks/reproduce.py --budget {budget_name}`; the cached points and training logs are in "
+        f"Made by `python benchmarks/reproduce.py {command_flags}`; the cached points and training logs are in "
         f"`{results.relative_to(results.parents[2]) if len(results.parents) > 2 else results}`, and "
         f"`--report_only` rebuilds this page from them.",
         "",
@@ -389,8 +394,10 @@ def write_report(budget_name, budget, prompts, evaluated, logs, report: Path, re
         "quality model, w = 1 the diversity model; interior weights are the exact interpolation of the two LoRA "
         "deltas).",
         "- Judges: adherence and pairwise diversity use MiniLM, the training reward's embedder. Held out from "
-        "training: the partition count (NoveltyBench's `distinct_k` with its offline unigram equivalence rule), "
-        "distinct-2 and self-BLEU. Fluency: per-token NLL under the unguided base model.",
+        "training: a second embedding space (pairwise 1 - cos of the unguided base model's last hidden states, "
+        "mean-pooled over each completion encoded alone; decoder states are anisotropic, so its values are small "
+        "and only comparable with each other), the partition count (NoveltyBench's `distinct_k` with its offline "
+        "unigram equivalence rule), distinct-2 and self-BLEU. Fluency: per-token NLL under the unguided base model.",
         "",
         "## Claims",
         "",
@@ -429,5 +436,5 @@ def write_report(budget_name, budget, prompts, evaluated, logs, report: Path, re
         )
     write_text_atomic(report, "\n".join(lines) + "\n")
     summary = {"claims": rows, "gamma_star": analysis["gamma_star"], "curves": curves}
-    write_text_atomic(results / "summary.json", json.dumps(summary, indent=1))
+    write_text_atomic(summary_file, json.dumps(summary, indent=1))
     return summary

@@ -35,6 +35,8 @@ def test_small_budget_runs_every_stage_and_resumes(tmp_path):
     assert [row["verdict"].startswith(verdicts) for row in summary["claims"]] == [True] * 3
     entry = json.loads(next((results / "points").glob("lerp-0.5-*.json")).read_text())
     assert len(entry["per_prompt"]["partitions"]) == 3  # per-prompt values are kept for paired comparisons
+    assert len(entry["per_prompt"]["base_lm_diversity"]) == 3  # the second embedding space, held out
+    assert [len(texts) for texts in entry["completions"]] == [3, 3, 3]  # kept, so a later judge needs no sampling
 
     # Everything is cached: a rerun trains and generates nothing, and --report_only needs no model.
     stamps = {p: p.stat().st_mtime for p in (results / "points").glob("*.json")}
@@ -42,3 +44,14 @@ def test_small_budget_runs_every_stage_and_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert {p: p.stat().st_mtime for p in (results / "points").glob("*.json")} == stamps
     assert "finetune" not in second.stdout
+
+    # Another diversity model: only its finetune and its LERP points are new; the base points and the quality
+    # model's point (w = 0) are reused.
+    third = subprocess.run(command + ["--diversity_coef", "30"], capture_output=True, text=True, env=env, timeout=1800)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "finetune quality" in third.stdout and len(list((results / "training").glob("*.json"))) == 3
+    after = {p: p.stat().st_mtime for p in (results / "points").glob("*.json")}
+    assert {p: t for p, t in after.items() if p in stamps} == stamps
+    assert sorted(p.name.split("-")[0] for p in set(after) - set(stamps)) == ["lerp", "lerp"]
+    assert (results / "reproduction_beta30.md").is_file() and (results / "summary-beta30.json").is_file()
+    assert "--diversity_coef 30" in (results / "reproduction_beta30.md").read_text()

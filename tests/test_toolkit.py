@@ -90,6 +90,7 @@ def test_generate_then_evaluate_commands(tiny_checkpoint, tmp_path, capsys):
             "fluency_nll",
             "reward",
             "pairwise_diversity",
+            "base_lm_diversity",
             "vendi",
             "distinct_1",
             "distinct_2",
@@ -100,6 +101,20 @@ def test_generate_then_evaluate_commands(tiny_checkpoint, tmp_path, capsys):
         assert 1.0 <= entry["metrics"]["vendi"]["mean"] <= 3.0
     assert summary["cfg"]["forward_passes_per_token"] == 2 and summary["plain"]["forward_passes_per_token"] == 1
     assert "| cfg |" in (tmp_path / "eval.md").read_text()
+
+
+def test_the_second_embedding_space_pools_each_text_alone_whatever_its_batch(tiny_checkpoint):
+    from trl_diversity.toolkit.metrics import mean_pooled_states
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    texts = [[5, 9, 13], [7], [21, 4, 4, 30, 8], []]
+    batched = mean_pooled_states(model, texts, batch_size=4)
+    with torch.no_grad():
+        for row, ids in enumerate(texts[:3]):
+            alone = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0].mean(0)
+            torch.testing.assert_close(batched[row], alone, atol=1e-5, rtol=1e-4)
+    assert torch.equal(batched[3], torch.zeros_like(batched[3]))  # an empty completion pools to zeros
+    torch.testing.assert_close(mean_pooled_states(model, texts, batch_size=1), batched, atol=1e-5, rtol=1e-4)
 
 
 def length_reward(prompts, completions, **kwargs):

@@ -179,6 +179,24 @@ def test_teacher_with_another_vocabulary_is_rejected(tiny_checkpoint, tmp_path):
         make_trainer(tiny_checkpoint, tmp_path, teacher_model=str(other))
 
 
+def test_teacher_vocabulary_check_reads_the_full_size_of_zero3_partitioned_heads(tiny_checkpoint, tmp_path):
+    """ZeRO-3 loads every model partitioned: its heads are empty placeholders whose real shape is `ds_shape`."""
+    from tiny import build_model
+
+    from trl_diversity.trainer.hidden_states import language_model
+
+    trainer = make_trainer(tiny_checkpoint, tmp_path)
+    student_head = language_model(trainer.model).get_output_embeddings()
+    rows = student_head.weight.shape[0]
+    teacher = build_model(rows + 2)
+    for head in (student_head, teacher.get_output_embeddings()):
+        placeholder = torch.nn.Parameter(torch.empty(0))
+        placeholder.ds_shape = head.weight.shape
+        head.weight = placeholder
+    with pytest.raises(ValueError, match=f"has {rows} rows, the teacher's {rows + 2}"):
+        trainer._check_teacher_vocabulary(teacher, str(tmp_path / "a checkpoint without a tokenizer"))
+
+
 def test_missing_teacher_path_is_rejected_before_loading_anything(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         make_trainer(tiny_checkpoint, tmp_path, teacher_model=str(tmp_path / "nowhere"))

@@ -137,7 +137,7 @@ def recording_weight_and_bias(head):
         {
             "kind": "dtensor" if isinstance(weight, DTensor) else "zero3" if is_zero3(weight) else "plain",
             "local_rows": local.shape[0],
-            "rows": divergence._rows(gathered),
+            "rows": divergence.head_rows(gathered),
             "passed_on_as_dtensor": isinstance(gathered, DTensor),
         }
     )

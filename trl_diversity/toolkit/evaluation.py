@@ -12,7 +12,14 @@ from trl_diversity.rewards.diversity import pairwise_dissimilarity
 from trl_diversity.rewards.embedder import embed
 from trl_diversity.rewards.partition import distinct_k
 from trl_diversity.toolkit.generation import render_prompt
-from trl_diversity.toolkit.metrics import bootstrap_ci, completion_nll, distinct_n, self_bleu, vendi_score
+from trl_diversity.toolkit.metrics import (
+    bootstrap_ci,
+    completion_nll,
+    distinct_n,
+    mean_pooled_states,
+    self_bleu,
+    vendi_score,
+)
 
 # name -> (better, description); the order of the report's columns
 METRICS = {
@@ -20,6 +27,10 @@ METRICS = {
     "fluency_nll": ("lower", "per-token NLL under the unguided base model"),
     "reward": ("higher", "user reward model or function"),
     "pairwise_diversity": ("higher", "mean pairwise 1 - cos between a prompt's samples"),
+    "base_lm_diversity": (
+        "higher",
+        "the same in a second embedding space: the unguided base model's mean-pooled last hidden states",
+    ),
     "vendi": ("higher", "Vendi score (effective number of distinct samples)"),
     "distinct_1": ("higher", "unique unigrams / unigrams"),
     "distinct_2": ("higher", "unique bigrams / bigrams"),
@@ -46,7 +57,8 @@ def per_prompt_metrics(
     reward: Callable | None = None,
     chat: bool = True,
 ) -> dict[str, list[float]]:
-    """Every metric for each prompt of one model. `fluency` is `(base_model, tokenizer)` or None."""
+    """Every metric for each prompt of one model. `fluency` is `(base_model, tokenizer)` or None; the base model
+    also gives the second embedding space (`base_lm_diversity`), a judge that no training reward uses."""
     prompts = list(by_prompt)
     samples = [[r["completion"] for r in by_prompt[p]] for p in prompts]
     k = min(len(s) for s in samples)
@@ -74,6 +86,9 @@ def per_prompt_metrics(
             )
             for p in prompts
         ]
+        states = mean_pooled_states(model, [r["completion_ids"] for p in prompts for r in by_prompt[p][:k]])
+        base_dissimilarity = pairwise_dissimilarity(states, k)
+        metrics["base_lm_diversity"] = (base_dissimilarity.sum((-1, -2)) / (k * (k - 1))).tolist()
     if reward is not None:
         scores = reward(prompts=[p for p in prompts for _ in range(k)], completions=flat)
         metrics["reward"] = torch.tensor(scores, dtype=torch.float64).view(len(prompts), k).mean(-1).tolist()

@@ -58,6 +58,27 @@ def completion_nll(model, prompt_ids: list[int], completion_ids: list[int]) -> f
     return float(torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids) :]))
 
 
+@torch.no_grad()
+def mean_pooled_states(model, token_ids: list[list[int]], batch_size: int = 32) -> torch.Tensor:
+    """`[N, H]` float32: each text's last hidden states under `model`, averaged over its tokens (zeros if empty).
+
+    The text is encoded alone, without its prompt, so that the shared prompt does not pull samples together."""
+    device = next(model.parameters()).device
+    pooled = []
+    for start in range(0, len(token_ids), batch_size):
+        batch = token_ids[start : start + batch_size]
+        width = max(1, max(len(ids) for ids in batch))
+        ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+        for row, row_ids in enumerate(batch):
+            ids[row, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
+            mask[row, : len(row_ids)] = 1
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1].float()
+        weights = mask.unsqueeze(-1).float()
+        pooled.append((states * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+    return torch.cat(pooled)
+
+
 def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Mean and percentile-bootstrap confidence interval of per-prompt values (NaNs dropped)."""
     from scipy.stats import bootstrap

@@ -91,9 +91,9 @@ def chunked_token_divergence(
     """
     s_weight, s_bias = _weight_and_bias(student_head)
     t_weight, t_bias = _weight_and_bias(teacher_head)
-    vocab = _rows(s_weight)
-    if vocab != _rows(t_weight):
-        raise ValueError(f"Student and teacher vocabularies differ ({vocab} vs {_rows(t_weight)} tokens).")
+    vocab = head_rows(s_weight)
+    if vocab != head_rows(t_weight):
+        raise ValueError(f"Student and teacher vocabularies differ ({vocab} vs {head_rows(t_weight)} tokens).")
     one_tile = chunked_divergence.TOKEN_CHUNK_SIZE * chunked_divergence.VOCAB_CHUNK_SIZE
     if allow_full_logits and not _use_triton(student_hidden.device) and len(student_hidden) * vocab <= one_tile:
         with maybe_gather_lm_head_ctx(s_weight, s_bias), maybe_gather_lm_head_ctx(t_weight, t_bias):
@@ -126,7 +126,8 @@ def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return torch.nn.functional.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
 
 
-def _rows(weight: torch.Tensor) -> int:
+def head_rows(weight: torch.Tensor) -> int:
+    """The vocabulary size of an LM head's weight, also when it is sharded."""
     # Outside its gather, a DeepSpeed ZeRO-3 parameter is an empty placeholder; `ds_shape` is its real shape.
     return (weight.ds_shape if hasattr(weight, "ds_shape") else weight.shape)[0]
 

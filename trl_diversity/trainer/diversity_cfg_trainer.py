@@ -33,7 +33,7 @@ from trl_diversity.defaults import DEFAULT_MODEL_NAMES, resolve_model
 from trl_diversity.rewards.baselines import group_advantages, is_pairwise
 from trl_diversity.rewards.group import LOCAL_KWARGS, score_groups
 from trl_diversity.rewards.registry import resolve_group_reward
-from trl_diversity.trainer.divergence import chunked_token_divergence
+from trl_diversity.trainer.divergence import chunked_token_divergence, head_rows
 from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
 from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
 from trl_diversity.trainer.model_card import name_local_base_model
@@ -234,8 +234,9 @@ class DiversityCFGTrainer(GRPOTrainer):
         return kwargs
 
     def _check_teacher_vocabulary(self, teacher, name: str):
-        student_rows = language_model(self.model).get_output_embeddings().weight.shape[0]
-        teacher_rows = teacher.get_output_embeddings().weight.shape[0]
+        # Under ZeRO-3 both heads are already partitioned here: `head_rows` reads their full size, not 0.
+        student_rows = head_rows(language_model(self.model).get_output_embeddings().weight)
+        teacher_rows = head_rows(teacher.get_output_embeddings().weight)
         mismatch = student_rows != teacher_rows
         detail = f"the student's LM head has {student_rows} rows, the teacher's {teacher_rows}"
         try:
