@@ -21,6 +21,8 @@ FAMILIES = {
     "temperature": ("temperature on the base (1 pass / token)", "tab:green", "^"),
     "lerp": ("LERP of the two finetunes (1 pass / token)", "tab:blue", "o"),
 }
+# Fronts whose shared adherence range is narrower than this only touch: no gap is reported for them.
+MIN_SHARED_ADHERENCE = 0.005
 TRAINING_CURVES = ("distill/divergence", "diversity/pairwise", "diversity/advantage_abs", "learning_rate")
 
 
@@ -82,7 +84,11 @@ def analyse(evaluated: dict) -> dict:
                 for name in (a, b)
             }
             gap = matched_quality_gap(per_prompt[a], per_prompt[b], QUALITY, metric)
-            if gap is not None and sign < 0:  # report in the metric's own units: a negative self-BLEU gap is better
+            if gap is not None and gap["quality_range"][1] - gap["quality_range"][0] < MIN_SHARED_ADHERENCE:
+                gap = {"touching_at": gap["quality_range"][0]}  # a gap at one adherence value is no front comparison
+            if (
+                gap is not None and "mean" in gap and sign < 0
+            ):  # report in the metric's own units: a negative self-BLEU gap is better
                 gap = {**gap, "mean": -gap["mean"], "low": -gap["high"], "high": -gap["low"]}
             analysis["fronts"][f"{a} vs {b} on {metric}"] = gap
     # Where the fronts share no adherence range, the question becomes: which baseline points does a LERP point
@@ -159,8 +165,8 @@ def claims(analysis: dict) -> list[dict]:
     )
     fronts = analysis["fronts"]
     versus_cfg, versus_temperature = (
-        fronts.get(f"lerp vs cfg on {MINILM}"),
-        fronts.get(f"lerp vs temperature on {MINILM}"),
+        _measured(fronts.get(f"lerp vs cfg on {MINILM}")),
+        _measured(fronts.get(f"lerp vs temperature on {MINILM}")),
     )
     wins = [g is not None and g["low"] > 0 for g in (versus_cfg, versus_temperature)]
     dominance = analysis["dominance"]
@@ -190,6 +196,11 @@ def claims(analysis: dict) -> list[dict]:
         }
     )
     return rows
+
+
+def _measured(gap: dict | None) -> dict | None:
+    """A gap over a shared adherence range; None where the fronts share none or only touch."""
+    return gap if gap is not None and "mean" in gap else None
 
 
 def _gap_text(gap: dict | None) -> str:
@@ -252,6 +263,9 @@ def fronts_table(analysis: dict) -> list[str]:
         pair, metric = name.split(" on ")
         if gap is None:
             lines.append(f"| {pair} | {metric} | no shared range | | |")
+            continue
+        if "touching_at" in gap:
+            lines.append(f"| {pair} | {metric} | the fronts only touch, at {gap['touching_at']:.3f} | | |")
             continue
         low, high = gap["quality_range"]
         lines.append(
