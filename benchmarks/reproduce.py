@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -308,10 +309,16 @@ def with_diversity_coef(budget: Budget, diversity_coef: float | None) -> Budget:
     return replace(budget, diversity=replace(budget.diversity, diversity_coef=diversity_coef))
 
 
+def exact(number: float) -> str:
+    """The shortest text that reads back as `number` (`50`, `12.5`, `15.0000001`): for file names and commands."""
+    text = f"{number:g}"
+    return text if float(text) == number else repr(number)
+
+
 def command_of(budget_name: str, diversity_coef: float | None) -> str:
     flags = f"--budget {budget_name}"
     if diversity_coef is not None and diversity_coef != BUDGETS[budget_name].diversity.diversity_coef:
-        flags += f" --diversity_coef {diversity_coef:g}"
+        flags += f" --diversity_coef {exact(diversity_coef)}"
     return flags
 
 
@@ -334,7 +341,10 @@ def run(
     if report_only:
         missing = [p.label for p in points if not is_cached(cache[p])]
         if missing:
-            sys.exit(f"--report_only needs every point cached; missing: {', '.join(missing)}. Run without it.")
+            sys.exit(
+                f"--report_only needs every point cached with every judge; missing or judged before a newer judge: "
+                f"{', '.join(missing)}. Run without --report_only to evaluate them."
+            )
     else:
         generate_units = budget.num_prompts * budget.num_samples * budget.max_new_tokens
         plan = [("train", budget.quality.max_steps), ("train", budget.diversity.max_steps)]
@@ -384,7 +394,9 @@ def run(
         log_file = results / "training" / f"{finetune.name}-{finetune.key()}.json"
         if log_file.is_file():
             logs[finetune.name] = json.loads(log_file.read_text())
-    summary = results / ("summary.json" if budget is BUDGETS[budget_name] else f"summary-beta{diversity_coef:g}.json")
+    summary = results / (
+        "summary.json" if budget is BUDGETS[budget_name] else f"summary_beta{exact(diversity_coef)}.json"
+    )
     return write_report(command_of(budget_name, diversity_coef), budget, prompts, evaluated, logs, report, summary)
 
 
@@ -402,14 +414,16 @@ def main(argv: list[str] | None = None) -> None:
         help="beta of the diversity model (default: the budget's, 15); the report gets a _beta<value> suffix",
     )
     args = parser.parse_args(argv)
-    if args.diversity_coef is not None and args.diversity_coef <= 0:
-        parser.error(f"--diversity_coef must be > 0 (the quality model is beta = 0), got {args.diversity_coef:g}")
+    if args.diversity_coef is not None and not (math.isfinite(args.diversity_coef) and args.diversity_coef > 0):
+        parser.error(
+            f"--diversity_coef must be a finite number > 0 (the quality model is beta = 0), got {args.diversity_coef}"
+        )
     full = args.budget == "full"
     results = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction-{args.budget}")
     checkpoints = Path(args.checkpoints or ROOT / "outputs" / f"reproduce-{args.budget}")
     default_name = "reproduction"
     if with_diversity_coef(BUDGETS[args.budget], args.diversity_coef) is not BUDGETS[args.budget]:
-        default_name += f"_beta{args.diversity_coef:g}"
+        default_name += f"_beta{exact(args.diversity_coef)}"
     report = Path(args.report or (ROOT / "docs" if full else results) / f"{default_name}.md")
     run(args.budget, results, checkpoints, report, args.report_only, args.diversity_coef)
     print(f"Report: {report}")

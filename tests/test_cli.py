@@ -6,7 +6,15 @@ from trl_diversity import cli
 from trl_diversity.errors import UserError
 
 
-def test_train_runs_the_default_job_shape_on_a_tiny_model(tiny_checkpoint, tmp_path, capsys):
+def test_train_runs_the_default_job_shape_on_a_tiny_model(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import trl_diversity.cli.train as train_command
+    from trl_diversity.toolkit.report import BeforeAfterReport
+
+    # Every rank ends the process group after its last collective and before the report that only rank 0 writes.
+    calls = []
+    end, measure = train_command.end_distributed_run, BeforeAfterReport.measure_finetuned
+    monkeypatch.setattr(train_command, "end_distributed_run", lambda a: calls.append("end") or end(a))
+    monkeypatch.setattr(BeforeAfterReport, "measure_finetuned", lambda *a: calls.append("report") or measure(*a))
     out = tmp_path / "run"
     cli.main(
         [
@@ -34,6 +42,7 @@ def test_train_runs_the_default_job_shape_on_a_tiny_model(tiny_checkpoint, tmp_p
     )
     assert (out / "adapter_config.json").is_file()  # the default job trains a LoRA adapter
     assert (out / "checkpoint-2").is_dir()
+    assert calls == ["end", "report"]
     rows = json.loads((out / "before_after.json").read_text())
     assert [row["model"] for row in rows] == ["base", "base + CFG 3", "finetuned"]
     assert all(0 <= row["pairwise_diversity"] <= 2 for row in rows)

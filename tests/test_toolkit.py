@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from tiny import save_tiny_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,8 +114,21 @@ def test_the_second_embedding_space_pools_each_text_alone_whatever_its_batch(tin
         for row, ids in enumerate(texts[:3]):
             alone = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0].mean(0)
             torch.testing.assert_close(batched[row], alone, atol=1e-5, rtol=1e-4)
-    assert torch.equal(batched[3], torch.zeros_like(batched[3]))  # an empty completion pools to zeros
-    torch.testing.assert_close(mean_pooled_states(model, texts, batch_size=1), batched, atol=1e-5, rtol=1e-4)
+    assert batched[3].isnan().all()  # an empty completion has nothing to pool
+    torch.testing.assert_close(
+        mean_pooled_states(model, texts, batch_size=1), batched, atol=1e-5, rtol=1e-4, equal_nan=True
+    )
+
+
+def test_an_empty_sample_is_left_out_of_the_pairwise_diversity_not_counted_as_most_diverse():
+    from trl_diversity.toolkit.metrics import mean_pairwise_dissimilarity
+
+    same, other, empty = [1.0, 0.0], [0.0, 1.0], [float("nan")] * 2
+    vectors = torch.tensor([same, same, empty, same, other, other, empty, empty, same, empty, empty, empty])
+    # group 1: one pair, identical; group 2: three pairs, 1 - cos = 1, 1, 0; group 3: one sample; group 4: none
+    values = mean_pairwise_dissimilarity(vectors, 3)
+    assert values[0] == pytest.approx(0.0, abs=1e-6) and values[1] == pytest.approx(2 / 3)
+    assert values[2] != values[2] and values[3] != values[3]  # NaN: nothing to compare, dropped by the bootstrap
 
 
 def length_reward(prompts, completions, **kwargs):

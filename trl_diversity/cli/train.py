@@ -414,12 +414,29 @@ def main(argv: list[str] | None = None) -> None:
         report.measure_base(model_path)
 
     trainer = build_trainer(script_args, training_args, model_args)
-    _train_and_save(trainer, training_args, model_args, report)
-    # Not in a `finally`: after an error on one rank, a barrier would wait for ranks that are elsewhere.
+    finished = _train_and_save(trainer, training_args, model_args)
+    sharded = _sharded(trainer)
+    # Every rank, after its last collective; not in a `finally`: after an error on one rank, its barrier would wait
+    # for ranks that are elsewhere.
     end_distributed_run(trainer.accelerator)
+    if not (finished and report is not None and trainer.accelerator.is_main_process):
+        return
+    if sharded:
+        print(
+            "Skipped the before/after report: the finetuned model is sharded across processes. Measure the saved "
+            f"model with `trl-diversity generate --model {training_args.output_dir}` and `trl-diversity evaluate`."
+        )
+        return
+    report.measure_finetuned(trainer.accelerator.unwrap_model(trainer.model))
+    table = report.markdown()
+    print(table)
+    out = Path(training_args.output_dir)
+    write_text_atomic(out / "before_after.md", table + "\n")
+    write_text_atomic(out / "before_after.json", json.dumps(report.rows, indent=2) + "\n")
 
 
-def _train_and_save(trainer, training_args, model_args, report) -> None:
+def _train_and_save(trainer, training_args, model_args) -> bool:
+    """Train and save the model; False if a signal interrupted training (a checkpoint was saved instead)."""
     trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
     if trainer.interrupted:
         if trainer.accelerator.is_main_process:
@@ -427,17 +444,17 @@ def _train_and_save(trainer, training_args, model_args, report) -> None:
                 f"Interrupted at step {trainer.state.global_step}; a checkpoint was saved in "
                 f"{training_args.output_dir}. Resume with the same command plus --resume_from_checkpoint true."
             )
-        return
+        return False
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(f"Saved the finetuned {'adapter' if model_args.use_peft else 'model'} to {training_args.output_dir}")
-        if report is not None:
-            report.measure_finetuned(trainer.accelerator.unwrap_model(trainer.model))
-            table = report.markdown()
-            print(table)
-            out = Path(training_args.output_dir)
-            write_text_atomic(out / "before_after.md", table + "\n")
-            write_text_atomic(out / "before_after.json", json.dumps(report.rows, indent=2) + "\n")
+    return True
+
+
+def _sharded(trainer) -> bool:
+    """FSDP or ZeRO-3: generating with the unwrapped model would need collectives of every rank."""
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    return trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)
 
 
 def _first_process() -> bool:

@@ -16,6 +16,7 @@ from trl_diversity.toolkit.metrics import (
     bootstrap_ci,
     completion_nll,
     distinct_n,
+    mean_pairwise_dissimilarity,
     mean_pooled_states,
     self_bleu,
     vendi_score,
@@ -87,8 +88,7 @@ def per_prompt_metrics(
             for p in prompts
         ]
         states = mean_pooled_states(model, [r["completion_ids"] for p in prompts for r in by_prompt[p][:k]])
-        base_dissimilarity = pairwise_dissimilarity(states, k)
-        metrics["base_lm_diversity"] = (base_dissimilarity.sum((-1, -2)) / (k * (k - 1))).tolist()
+        metrics["base_lm_diversity"] = mean_pairwise_dissimilarity(states, k)
     if reward is not None:
         scores = reward(prompts=[p for p in prompts for _ in range(k)], completions=flat)
         metrics["reward"] = torch.tensor(scores, dtype=torch.float64).view(len(prompts), k).mean(-1).tolist()

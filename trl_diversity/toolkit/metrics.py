@@ -60,23 +60,38 @@ def completion_nll(model, prompt_ids: list[int], completion_ids: list[int]) -> f
 
 @torch.no_grad()
 def mean_pooled_states(model, token_ids: list[list[int]], batch_size: int = 32) -> torch.Tensor:
-    """`[N, H]` float32: each text's last hidden states under `model`, averaged over its tokens (zeros if empty).
+    """`[N, H]` float32: each text's last hidden states under `model`, averaged over its tokens; NaN rows for empty
+    texts, which have no states to pool.
 
     The text is encoded alone, without its prompt, so that the shared prompt does not pull samples together."""
     device = next(model.parameters()).device
-    pooled = []
-    for start in range(0, len(token_ids), batch_size):
-        batch = token_ids[start : start + batch_size]
-        width = max(1, max(len(ids) for ids in batch))
-        ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
-        mask = torch.zeros(len(batch), width, dtype=torch.long, device=device)
-        for row, row_ids in enumerate(batch):
-            ids[row, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
-            mask[row, : len(row_ids)] = 1
-        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1].float()
-        weights = mask.unsqueeze(-1).float()
-        pooled.append((states * weights).sum(1) / weights.sum(1).clamp(min=1.0))
-    return torch.cat(pooled)
+    pooled = torch.full((len(token_ids), model.config.hidden_size), float("nan"))
+    nonempty = [index for index, ids in enumerate(token_ids) if ids]
+    for start in range(0, len(nonempty), batch_size):
+        rows = nonempty[start : start + batch_size]
+        width = max(len(token_ids[row]) for row in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        for position, row in enumerate(rows):
+            ids[position, : len(token_ids[row])] = torch.tensor(token_ids[row], dtype=torch.long)
+            mask[position, : len(token_ids[row])] = True
+        states = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[-1]
+        states = states.float().masked_fill(~mask.unsqueeze(-1), 0.0)
+        pooled[rows] = (states.sum(1) / mask.sum(1, keepdim=True)).cpu()
+    return pooled
+
+
+def mean_pairwise_dissimilarity(vectors: torch.Tensor, group_size: int) -> list[float]:
+    """Per group of `group_size` consecutive rows: the mean `1 - cos` over the pairs of rows that are not NaN (NaN
+    where fewer than two are), so that an empty sample is left out rather than counted as maximally different."""
+    groups = vectors.view(-1, group_size, vectors.shape[-1])
+    valid = ~groups.isnan().any(-1)
+    unit = torch.nn.functional.normalize(groups.nan_to_num(0.0), dim=-1, eps=1e-8)
+    dissimilarity = (1.0 - unit @ unit.transpose(1, 2)).clamp(0.0, 2.0)
+    pairs = valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(group_size, dtype=torch.bool)
+    counts = pairs.sum((-1, -2))
+    means = (dissimilarity * pairs).sum((-1, -2)) / counts.clamp(min=1)
+    return torch.where(counts > 0, means, torch.nan).tolist()
 
 
 def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
