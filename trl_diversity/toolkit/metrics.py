@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from trl_diversity.rewards.diversity import pairwise_dissimilarity
+
 
 def vendi_score(embeddings: torch.Tensor) -> float:
     """Vendi score of `[n, D]` embeddings with the cosine-similarity kernel."""
@@ -84,10 +86,8 @@ def mean_pooled_states(model, token_ids: list[list[int]], batch_size: int = 32) 
 def mean_pairwise_dissimilarity(vectors: torch.Tensor, group_size: int) -> list[float]:
     """Per group of `group_size` consecutive rows: the mean `1 - cos` over the pairs of rows that are not NaN (NaN
     where fewer than two are), so that an empty sample is left out rather than counted as maximally different."""
-    groups = vectors.view(-1, group_size, vectors.shape[-1])
-    valid = ~groups.isnan().any(-1)
-    unit = torch.nn.functional.normalize(groups.nan_to_num(0.0), dim=-1, eps=1e-8)
-    dissimilarity = (1.0 - unit @ unit.transpose(1, 2)).clamp(0.0, 2.0)
+    dissimilarity = pairwise_dissimilarity(vectors.nan_to_num(0.0), group_size)
+    valid = ~vectors.isnan().any(-1).view(-1, group_size)
     pairs = valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(group_size, dtype=torch.bool)
     counts = pairs.sum((-1, -2))
     means = (dissimilarity * pairs).sum((-1, -2)) / counts.clamp(min=1)
