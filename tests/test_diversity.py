@@ -24,9 +24,11 @@ def test_rewards_and_baselines_match_brute_force(k):
             expected = sum(_cosine_distance(embeddings[i], embeddings[j]) for j in others) / (k - 1)
             assert rewards[i].item() == pytest.approx(expected.item(), abs=1e-5)
             pairs = list(itertools.combinations(others, 2))
-            expected_baseline = (
-                sum(_cosine_distance(embeddings[a], embeddings[b]) for a, b in pairs) / len(pairs) if pairs else 0.0
-            )
+            if pairs:
+                expected_baseline = sum(_cosine_distance(embeddings[a], embeddings[b]) for a, b in pairs) / len(pairs)
+            else:  # k = 2: no pair among the others; the other groups' mean reward is the baseline
+                other_groups = [j for j in range(groups * k) if j // k != g]
+                expected_baseline = rewards[other_groups].mean()
             assert baselines[i].item() == pytest.approx(float(expected_baseline), abs=1e-5)
     torch.testing.assert_close(diversity_advantages(rewards, k), rewards - baselines)
 

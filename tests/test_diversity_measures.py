@@ -34,8 +34,13 @@ def random_groups(seed, groups, k):
 
 
 def brute_force_rewards(group, dissimilarity):
+    """Mean dissimilarity to the others; a pair holding a blank text scores 0 (it adds no diversity)."""
+
+    def s(a, b):
+        return 0.0 if not a.strip() or not b.strip() else dissimilarity(a, b)
+
     k = len(group)
-    return [sum(dissimilarity(group[i], group[j]) for j in range(k) if j != i) / (k - 1) for i in range(k)]
+    return [sum(s(group[i], group[j]) for j in range(k) if j != i) / (k - 1) for i in range(k)]
 
 
 def jaccard_distance(a, b):
@@ -56,10 +61,10 @@ def test_lexical_is_one_minus_the_mean_jaccard_overlap_of_word_1_2_grams(k):
 
 
 def test_lexical_hand_worked_group():
-    # {the, sea} vs {the, sea, (the, sea)} share 2 of 3 n-grams; "" shares nothing with either; two "" are alike.
+    # "the sea"/"The sea" identical: 0; "the sea"/"sea the": unigrams shared, bigrams differ: 1 - 2/4; a blank
+    # text adds no diversity: its pairs score 0, so it earns 0 (not the group's highest reward).
     rewards = LexicalDiversity().rewards(["the sea", "The sea", "sea the", ""])
-    # "the sea"/"The sea" identical: 0; "the sea"/"sea the": unigrams shared, bigrams differ: 1 - 2/4; vs "": 1
-    assert rewards == pytest.approx([(0 + 0.5 + 1) / 3, (0 + 0.5 + 1) / 3, (0.5 + 0.5 + 1) / 3, 1.0])
+    assert rewards == pytest.approx([(0 + 0.5 + 0) / 3, (0 + 0.5 + 0) / 3, (0.5 + 0.5 + 0) / 3, 0.0])
     assert LexicalDiversity().rewards(["", ""]) == [0.0, 0.0]
 
 

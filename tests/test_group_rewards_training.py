@@ -29,7 +29,8 @@ def test_each_diversity_reward_trains_without_an_embedder(tiny_checkpoint, tmp_p
     assert trainer.embedder is None
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
-    assert all(torch.isfinite(torch.tensor(logged(trainer, "loss"))))
+    losses = logged(trainer, "loss")
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
     assert len(logged(trainer, "diversity/reward/mean")) == 2
     assert bool(logged(trainer, "diversity/pairwise")) == pairwise  # a mean pairwise dissimilarity only for those

@@ -51,11 +51,14 @@ def test_full_finetune_trains_every_parameter(tiny_checkpoint, tmp_path, convers
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     losses = logged(trainer, "loss")
-    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     for name, param in trainer.model.named_parameters():
         assert not torch.equal(param, before[name]), f"{name} did not change"
-    assert all(d > 0 for d in logged(trainer, "distill/divergence"))
-    assert all(0 <= d <= 2 for d in logged(trainer, "diversity/pairwise"))
+    # Counted first: an `all` over a metric that stopped being logged would pass vacuously.
+    divergences, diversities = logged(trainer, "distill/divergence"), logged(trainer, "diversity/pairwise")
+    assert len(divergences) == len(diversities) == 3
+    assert all(d > 0 for d in divergences)
+    assert all(0 <= d <= 2 for d in diversities)
     # The teacher is a frozen copy: training the student must not move it.
     teacher = trainer.accelerator.unwrap_model(trainer.teacher)
     initial = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
@@ -70,7 +73,8 @@ def test_lora_trains_the_adapter_only_and_makes_no_teacher_copy(tiny_checkpoint,
     params = dict(trainer.model.named_parameters())
     before = {name: p.detach().clone() for name, p in params.items()}
     trainer.train()
-    assert all(torch.isfinite(torch.tensor(logged(trainer, "loss"))))
+    losses = logged(trainer, "loss")
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     for name, param in trainer.model.named_parameters():
         changed = not torch.equal(param, before[name])
         if "lora_" in name:

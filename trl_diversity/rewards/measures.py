@@ -9,6 +9,12 @@ reward is then its mean pairwise dissimilarity, and the exact leave-one-out base
 - `PartitionDiversity`: 1 when the two are *not* equivalent, 0 when they are, so `r_i` is the share of the other
   `k - 1` samples that are not equivalent to sample `i`. The equivalence test is pluggable; the default is the unigram
   rule that evaluation's `distinct_k` uses (`partition.py`), so training and evaluation judge sameness alike.
+
+An empty or whitespace-only completion adds no diversity: every pair it is in scores 0, under every measure. So it
+earns the lowest reward of its group (0) and raises no other sample's reward. Without this rule an empty answer is
+"maximally different" from any text, and the diversity reward pays the policy to stop at once (reward hacking that
+stays hidden while almost every completion is clipped at `max_completion_length`). The rule keeps `s` symmetric with
+`s(a, a) = 0`, so the exact leave-one-out baseline still applies; evaluation's `pairwise_diversity` uses it too.
 """
 
 from __future__ import annotations
@@ -29,15 +35,26 @@ class PairwiseDiversity:
         raise NotImplementedError
 
     def rewards(self, texts: list[str]) -> list[float]:
-        """`r_i = mean_{j != i} s(y_i, y_j)` for one group."""
+        """`r_i = mean_{j != i} s(y_i, y_j)` for one group, with every pair holding a blank completion at 0."""
         k = len(texts)
         if k < 2:
             raise ValueError(f"{type(self).__name__} compares a prompt's samples: it needs at least 2, got {k}.")
-        matrix = self.dissimilarities(texts)
+        matrix = without_blank_pairs(self.dissimilarities(texts), texts)
         return [sum(matrix[i][j] for j in range(k) if j != i) / (k - 1) for i in range(k)]
 
     def __call__(self, prompts, completions, **kwargs) -> list[list[float]]:
         return [self.rewards([completion_text(c) for c in group]) for group in completions]
+
+
+def is_blank(text: str) -> bool:
+    """An empty or whitespace-only completion: it says nothing, so it differs from nothing."""
+    return not text.strip()
+
+
+def without_blank_pairs(matrix: list[list[float]], texts: list[str]) -> list[list[float]]:
+    """The dissimilarity matrix with every pair that holds a blank text set to 0 (see the module docstring)."""
+    blank = [is_blank(text) for text in texts]
+    return [[0.0 if blank[i] or blank[j] else value for j, value in enumerate(row)] for i, row in enumerate(matrix)]
 
 
 class EmbeddingDiversity(PairwiseDiversity):
@@ -51,13 +68,13 @@ class EmbeddingDiversity(PairwiseDiversity):
             embedder = load_embedder(embedder, device=device)
         self.embedder = embedder
 
-    def rewards(self, texts: list[str]) -> list[float]:
-        from trl_diversity.rewards.diversity import group_diversity_rewards
+    def dissimilarities(self, texts: list[str]) -> list[list[float]]:
+        from trl_diversity.rewards.diversity import pairwise_dissimilarity
         from trl_diversity.rewards.embedder import embed
 
         # One group per encoder call: a group's embeddings, hence its rewards, then do not depend on which other
         # groups share the call (padding), i.e. on how groups were spread over processes.
-        return group_diversity_rewards(embed(self.embedder, texts), len(texts)).tolist()
+        return pairwise_dissimilarity(embed(self.embedder, texts), len(texts))[0].tolist()
 
 
 def ngrams(text: str, max_n: int) -> set[tuple[str, ...]]:

@@ -10,6 +10,7 @@ import torch
 
 from trl_diversity.rewards.diversity import pairwise_dissimilarity
 from trl_diversity.rewards.embedder import embed
+from trl_diversity.rewards.measures import is_blank
 from trl_diversity.rewards.partition import distinct_k
 from trl_diversity.toolkit.generation import render_prompt
 from trl_diversity.toolkit.metrics import (
@@ -70,6 +71,9 @@ def per_prompt_metrics(
     completion_vectors = torch.nn.functional.normalize(embed(embedder, flat), dim=-1).view(len(prompts), k, -1)
     prompt_vectors = torch.nn.functional.normalize(embed(embedder, prompts), dim=-1)
     dissimilarity = pairwise_dissimilarity(completion_vectors.reshape(len(flat), -1), k)
+    # A blank completion adds no diversity, as in the training reward (rewards/measures.py): its pairs count 0.
+    said = torch.tensor([not is_blank(text) for text in flat]).view(len(prompts), k)
+    dissimilarity = dissimilarity * (said.unsqueeze(1) & said.unsqueeze(2))
     metrics = {
         "adherence": (completion_vectors @ prompt_vectors.unsqueeze(-1)).squeeze(-1).mean(-1).tolist(),
         "pairwise_diversity": (dissimilarity.sum((-1, -2)) / (k * (k - 1))).tolist(),

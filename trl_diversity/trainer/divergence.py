@@ -17,10 +17,13 @@ from __future__ import annotations
 import math
 
 import torch
-from trl.kernels import chunked_divergence
-from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
-from trl.kernels.chunked_logprob import _use_triton
-from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+from trl_diversity.trainer.trl_internals import (
+    ChunkedDivergenceFunction,
+    _use_triton,
+    chunked_divergence,
+    maybe_gather_lm_head_ctx,
+)
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 

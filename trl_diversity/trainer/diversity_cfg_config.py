@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from trl_diversity.defaults import DEFAULT_JOB_TRAINING
-from trl_diversity.rewards.registry import check_group_reward_name
+from trl_diversity.rewards.registry import BUILTIN_GROUP_REWARDS, check_group_reward_name
 from trl_diversity.trainer.divergence import DIVERGENCES
 
 
@@ -134,8 +134,47 @@ class DiversityCFGConfig(GRPOConfig):
                 f"diversity_coef={self.diversity_coef} needs at least 2 samples per prompt to compare, but "
                 f"num_generations={self.num_generations}. Set num_generations >= 2 (the paper uses 4 or more)."
             )
+        self._warn_about_ignored_fields()
+        if (
+            self.diversity_coef > 0
+            and self.num_generations == 2
+            and self.diversity_reward in BUILTIN_GROUP_REWARDS  # every built-in measure is pairwise
+        ):
+            warnings.warn(
+                f"num_generations=2 with the pairwise measure diversity_reward={self.diversity_reward!r}: both samples "
+                "of a prompt get the same reward, so there is no leave-one-out baseline; the baseline is the mean "
+                "reward of the batch's other groups (0 if the batch holds one group). 4 or more samples give a "
+                "per-group baseline.",
+                stacklevel=3,
+            )
         self._resolve_inherited_defaults()
         super().__post_init__()
+
+    def _warn_about_ignored_fields(self) -> None:
+        """A field the other settings make irrelevant is accepted (a recipe may carry it), with one warning."""
+        ignored = []
+        if self.distill_coef == 0:
+            ignored += [
+                name
+                for name in ("guidance_scale", "teacher_model", "unconditional_prompt")
+                if getattr(self, name) != self.__dataclass_fields__[name].default
+            ]
+            reason = "distill_coef=0 turns CFG distillation off"
+        if (
+            self.distill_divergence != "jsd"
+            and self.distill_jsd_beta != self.__dataclass_fields__["distill_jsd_beta"].default
+        ):
+            warnings.warn(
+                f"distill_jsd_beta={self.distill_jsd_beta} is ignored: it weighs the JSD mixture, and "
+                f"distill_divergence={self.distill_divergence!r}. Set distill_divergence='jsd' to use it.",
+                stacklevel=4,
+            )
+        if ignored:
+            warnings.warn(
+                f"{', '.join(f'{name}={getattr(self, name)!r}' for name in ignored)} ignored: {reason}. "
+                "Set distill_coef > 0 to use them, or drop them.",
+                stacklevel=4,
+            )
 
     def _resolve_inherited_defaults(self) -> None:
         # GRPO's `bf16` default (None, meaning "bf16 unless fp16") fails on a machine without a bf16 GPU ("Your setup

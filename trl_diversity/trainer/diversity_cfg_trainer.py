@@ -19,15 +19,13 @@ trainer is GRPO on the user's `reward_funcs`.
 from __future__ import annotations
 
 import copy
-import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
-from trl.models.utils import disable_gradient_checkpointing, prepare_deepspeed, prepare_fsdp
-from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, get_config_model_id, use_adapter
 
 from trl_diversity.defaults import DEFAULT_MODEL_NAMES, resolve_model
 from trl_diversity.rewards.baselines import group_advantages, is_pairwise
@@ -36,11 +34,22 @@ from trl_diversity.rewards.registry import resolve_group_reward
 from trl_diversity.trainer.divergence import chunked_token_divergence, head_rows
 from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
 from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
+from trl_diversity.trainer.logit_scale import logit_scale, text_config
 from trl_diversity.trainer.model_card import name_local_base_model
 from trl_diversity.trainer.normalization import reduce_like_grpo
 from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
 from trl_diversity.trainer.teacher import guided_teacher_hidden_states
-from trl_diversity.trainer.validation import check_chat_template, check_prompt_dataset
+from trl_diversity.trainer.teacher_model import teacher_model_is_missing
+from trl_diversity.trainer.trl_internals import (
+    create_model_from_path,
+    disable_dropout_in_model,
+    disable_gradient_checkpointing,
+    get_config_model_id,
+    prepare_deepspeed,
+    prepare_fsdp,
+    use_adapter,
+)
+from trl_diversity.trainer.validation import check_chat_template, check_distillation_inputs, check_prompt_dataset
 
 # The frozen copy of a user-supplied adapter: the teacher is the initial policy, which GRPO's convention calls "ref".
 TEACHER_ADAPTER = "ref"
@@ -99,14 +108,15 @@ class DiversityCFGTrainer(GRPOTrainer):
         evaluation_sets = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
         for split, dataset in evaluation_sets.items():
             check_prompt_dataset(dataset, f"eval_dataset[{split!r}]" if split else "eval_dataset", **check_prompt)
-        if (
-            args.teacher_model is not None
-            and _looks_local(args.teacher_model)
-            and not os.path.isdir(args.teacher_model)
-        ):
+        if args.distill_coef > 0:
+            check_distillation_inputs(
+                [train_dataset, *evaluation_sets.values()], environment_factory=environment_factory
+            )
+        if args.distill_coef > 0 and args.teacher_model is not None and teacher_model_is_missing(args.teacher_model):
             raise ValueError(
-                f"teacher_model {args.teacher_model!r} does not exist. Pass the folder of a checkpoint that shares the "
-                "student's tokenizer, or leave teacher_model unset to use the initial policy as the teacher."
+                f"teacher_model {args.teacher_model!r} does not exist (no such folder, and not in the local hub cache "
+                "while the hub is offline). Pass the folder of a checkpoint that shares the student's tokenizer, or "
+                "leave teacher_model unset to use the initial policy as the teacher."
             )
 
         # A model built in memory has no path to reload the initial policy from: copy it before training moves it.
@@ -179,6 +189,7 @@ class DiversityCFGTrainer(GRPOTrainer):
         self._unconditional_ids_cache: dict[bool, list[int]] = {}
         self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation
         self._teacher_adapter = None  # with a user-supplied adapter: the name of its frozen copy ("ref")
+        self._frozen_teacher_head = None  # with LoRA and a trainable LM head: a frozen copy of the initial head
         if args.distill_coef > 0:
             self._set_up_teacher(initial_policy, user_adapter_model)
 
@@ -204,9 +215,12 @@ class DiversityCFGTrainer(GRPOTrainer):
             if user_adapter_model:
                 self._teacher_adapter = self._freeze_adapter_copy()
             _check_no_softcapping(self.model)
+            self._frozen_teacher_head = self._freeze_trainable_head()
             return  # the base model with the adapter disabled is the teacher: no second copy of the weights
-        elif self.ref_model is not None:
-            self.teacher = self.ref_model  # GRPO's frozen reference is the initial policy already
+        elif self.ref_model is not None and not args.sync_ref_model:
+            # GRPO's frozen reference is the initial policy already. Not under `sync_ref_model`: GRPO then mixes the
+            # policy into its reference, and the teacher would drift toward the student.
+            self.teacher = self.ref_model
             _check_no_softcapping(self.teacher)
             return
         elif initial_policy is not None:
@@ -272,6 +286,26 @@ class DiversityCFGTrainer(GRPOTrainer):
                 param.requires_grad_(False)
         return TEACHER_ADAPTER
 
+    def _freeze_trainable_head(self) -> torch.nn.Linear | None:
+        """With LoRA, the teacher is the model with its adapter off; a head trained alongside the adapter
+        (`modules_to_save=["lm_head"]`) would still move under it. Keep a frozen copy of the initial head then."""
+        head = language_model(self.accelerator.unwrap_model(self.model)).get_output_embeddings()
+        if not any(parameter.requires_grad for parameter in head.parameters()):
+            return None
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if hasattr(weight, "ds_shape") or hasattr(weight, "full_tensor"):
+            raise ValueError(
+                "LoRA with a trainable LM head (modules_to_save or trainable tied embeddings) under DeepSpeed ZeRO-3 "
+                "or FSDP: the CFG teacher needs a frozen copy of the initial head, which a sharded head cannot give. "
+                "Leave lm_head out of modules_to_save, or train on one device or with ZeRO-2."
+            )
+        frozen = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
+        frozen = frozen.to(weight.dtype).requires_grad_(False)
+        frozen.weight.copy_(weight.detach())
+        if bias is not None:
+            frozen.bias.copy_(bias.detach())
+        return frozen
+
     def _unconditional_ids(self, conversational: bool) -> list[int]:
         """The null context, rendered like the prompts; never empty (falls back to BOS, else EOS)."""
         if conversational not in self._unconditional_ids_cache:
@@ -307,10 +341,13 @@ class DiversityCFGTrainer(GRPOTrainer):
             with (
                 disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
                 use_adapter(unwrapped, adapter_name=self._teacher_adapter),
+                _in_eval_mode(self.model),  # the teacher is frozen: no dropout, as for the separate teacher
             ):
                 return guided_teacher_hidden_states(self.model, **arguments)
 
     def _teacher_head(self) -> torch.nn.Module:
+        if self._frozen_teacher_head is not None:
+            return self._frozen_teacher_head
         owner = self.model if self.teacher is None else self.teacher
         return language_model(self.accelerator.unwrap_model(owner)).get_output_embeddings()
 
@@ -412,8 +449,8 @@ class DiversityCFGTrainer(GRPOTrainer):
                 self._teacher_head(),
                 kind=self.args.distill_divergence,
                 jsd_beta=self.args.distill_jsd_beta,
-                student_logit_scale=_logit_scale(model),
-                teacher_logit_scale=_logit_scale(self.teacher if self.teacher is not None else model),
+                student_logit_scale=logit_scale(model),
+                teacher_logit_scale=logit_scale(self.teacher if self.teacher is not None else model),
             )
         per_token = torch.zeros(mask.shape, dtype=divergence.dtype, device=divergence.device)
         per_token = per_token.masked_scatter(selected, divergence)
@@ -445,24 +482,19 @@ def _no_quality_reward(completions, **kwargs):
     raise RuntimeError("The placeholder reward should have been removed after construction.")
 
 
-def _looks_local(name: str) -> bool:
-    """A path rather than a hub id: explicit path syntax, more than one folder level, or no hub to ask."""
-    explicit = name.startswith((".", "/", "~")) or name.count("/") > 1
-    return explicit or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
-def _text_config(model):
-    model = language_model(model.module if hasattr(model, "module") else model)
-    return model.config.get_text_config()
-
-
-def _logit_scale(model) -> float:
-    scale = getattr(_text_config(model), "logit_scale", None)
-    return 1.0 if scale is None else float(scale)
+@contextmanager
+def _in_eval_mode(model: torch.nn.Module):
+    """Run the block with `model` in eval mode (dropout off), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _check_no_softcapping(model):
-    if getattr(_text_config(model), "final_logit_softcapping", None):
+    if getattr(text_config(model), "final_logit_softcapping", None):
         raise ValueError(
             "The teacher applies final-logit soft-capping, so CFG cannot be computed on its hidden states (the "
             "capping is not linear). Use a model without `final_logit_softcapping` or set distill_coef=0."

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+# Every loss type of TRL's GRPO that `reduce_like_grpo` mirrors; a contract test fails when GRPO lists another.
+GRPO_LOSS_TYPES = ("grpo", "sapo", "bnpo", "dr_grpo", "cispo", "dapo", "vespo", "luspo")
+
 
 def reduce_like_grpo(
     per_token: torch.Tensor,

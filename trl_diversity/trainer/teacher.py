@@ -8,6 +8,10 @@ The contexts are shared: a prompt's `k` completions have one conditional context
 unconditional one. So the teacher first encodes each distinct context once (a key-value cache), then runs the
 conditional and unconditional rows of all completions as one batched forward over the completion tokens only. With
 `k = 4` this halves the teacher's work against encoding every `context + completion` row in full.
+
+Positions are given explicitly, counted from each row's first real token: contexts are left-padded to one width, and
+a model with absolute position embeddings (GPT-2, OPT) would otherwise see a short prompt, or the null context, at
+the positions of the padding. (Rotary models are unaffected: only position differences matter to them.)
 """
 
 from __future__ import annotations
@@ -73,8 +77,16 @@ def guided_teacher_hidden_states(
     contexts, context_mask, rows = shared_contexts(prompt_ids, prompt_mask, unconditional_ids, pad_id)
     module = _unwrap(teacher)
     cache_argument = _cache_argument_name(module)
+    context_positions = (context_mask.long().cumsum(-1) - 1).clamp(min=0)
+    context_lengths = context_mask.long().sum(-1)
     with capture_last_hidden_state(module) as captured:
-        prefix = teacher(input_ids=contexts, attention_mask=context_mask, logits_to_keep=1, use_cache=True)
+        prefix = teacher(
+            input_ids=contexts,
+            attention_mask=context_mask,
+            position_ids=context_positions,
+            logits_to_keep=1,
+            use_cache=True,
+        )
     prefix_cache = prefix.cache if cache_argument == "cache" else prefix.past_key_values
     # The last context position predicts the first completion token (contexts are left-padded).
     first = captured[-1][:, -1]
@@ -89,8 +101,17 @@ def guided_teacher_hidden_states(
         cache.reorder_cache(context_of)  # one copy of its context's keys and values per row
         ids = completion_ids[chunk].repeat(2, 1)
         mask = torch.cat([context_mask[context_of], completion_mask[chunk].repeat(2, 1)], dim=1)
+        # Completions are right-padded: token t of a completion sits right after its context's last real token.
+        positions = context_lengths[context_of].unsqueeze(1) + torch.arange(length, device=ids.device)
         with capture_last_hidden_state(module) as captured:
-            teacher(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=True, **{cache_argument: cache})
+            teacher(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                logits_to_keep=1,
+                use_cache=True,
+                **{cache_argument: cache},
+            )
         # Completion position t predicts token t + 1; the first token comes from the context's last position.
         hidden = torch.cat([first[context_of].unsqueeze(1), captured[-1][:, : length - 1]], dim=1).float()
         conditional, unconditional = hidden.chunk(2)

@@ -30,6 +30,35 @@ def check_prompt_dataset(
             )
 
 
+# Dataset columns that carry images to a vision-language model (TRL's names for them).
+IMAGE_COLUMNS = ("image", "images")
+
+
+def check_distillation_inputs(datasets, environment_factory=None) -> None:
+    """Refuse what CFG distillation cannot handle, before any model loads.
+
+    - An environment renders each prompt with its own tool schema, so no single null context is "rendered like the
+      prompts", and the prompts themselves may come from the environment rather than a `prompt` column.
+    - Images: the teacher runs on token ids only and never sees `pixel_values`, so it would distil a text-only
+      guess of the image-conditioned distribution.
+    """
+    if environment_factory is not None:
+        raise ValueError(
+            "CFG distillation does not support environment_factory: each environment renders its prompts with its own "
+            "tools, so there is no single unconditional context to contrast them with. Set distill_coef=0 (the "
+            "diversity reward works with environments), or drop environment_factory."
+        )
+    for dataset in datasets:
+        columns = getattr(dataset, "column_names", None) or []
+        for column in IMAGE_COLUMNS:
+            if column in columns:
+                raise ValueError(
+                    f"The dataset has an `{column}` column, but the CFG teacher sees token ids only, never the "
+                    "images (`pixel_values`), so it cannot distil an image-conditioned model. Set distill_coef=0 "
+                    f"for image data (the diversity reward still applies), or remove the `{column}` column."
+                )
+
+
 def check_chat_template(dataset, tokenizer, name: str = "train_dataset") -> None:
     """Conversational prompts need a tokenizer that can render them."""
     if not isinstance(dataset, Dataset) or len(dataset) == 0:
