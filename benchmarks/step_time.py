@@ -143,7 +143,7 @@ def instrument_distillation(recorder: StepRecorder):
     """Time the distillation kernel's forward (as the trainer calls it) and its backward."""
     from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 
-    import trl_diversity.trainer.diversity_cfg_trainer as ours
+    import trl_diversity.trainer.method as ours
 
     ours.chunked_token_divergence = recorder.timed("distill_forward", ours.chunked_token_divergence)
     ChunkedDivergenceFunction.backward = staticmethod(

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer, load_prompts
 from trl_diversity.defaults import DEFAULT_JOB_TRAINING
-from trl_diversity.trainer import diversity_cfg_trainer
+from trl_diversity.trainer import method as diversity_cfg_method
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 needs_cpu_only = pytest.mark.skipif(
@@ -51,7 +51,7 @@ def test_default_job_settings_and_grpo_defaults(tmp_path):
 def test_default_model_name_resolves_in_the_trainer(tiny_checkpoint, tmp_path, monkeypatch):
     # The real default is the bundled SmolLM2 (the README test below loads it); a tiny one stands in here.
     asked = []
-    monkeypatch.setattr(diversity_cfg_trainer, "resolve_model", lambda name: asked.append(name) or tiny_checkpoint)
+    monkeypatch.setattr(diversity_cfg_method, "resolve_model", lambda name: asked.append(name) or tiny_checkpoint)
     trainer = DiversityCFGTrainer(
         model="default",
         args=DiversityCFGConfig(output_dir=str(tmp_path), num_generations=2, per_device_train_batch_size=2),

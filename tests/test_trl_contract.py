@@ -10,11 +10,11 @@ from collections import defaultdict
 import pytest
 import trl
 from transformers import AutoTokenizer
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOTrainer
 
 from trl_diversity.data import load_prompts
 from trl_diversity.trainer import trl_internals
-from trl_diversity.trainer.diversity_cfg_trainer import DiversityCFGTrainer
+from trl_diversity.trainer.method import DiversityCFGMixin
 
 
 def parameters(function) -> tuple[str, ...]:
@@ -29,27 +29,43 @@ def test_trl_is_the_series_the_contract_was_checked_on():
     )
 
 
+@pytest.mark.parametrize("trainer", [GRPOTrainer, RLOOTrainer], ids=["grpo", "rloo"])
 @pytest.mark.parametrize("hook, expected", list(trl_internals.GRPO_HOOKS.items()))
-def test_each_grpo_hook_keeps_its_name_and_signature(hook, expected):
-    assert hasattr(GRPOTrainer, hook), f"TRL {trl.__version__} removed GRPOTrainer.{hook}, which the trainer overrides"
-    assert parameters(getattr(GRPOTrainer, hook)) == expected, (
-        f"TRL {trl.__version__} changed GRPOTrainer.{hook}{inspect.signature(getattr(GRPOTrainer, hook))}; "
-        f"DiversityCFGTrainer overrides it as ({', '.join(expected)})"
+def test_each_hook_keeps_its_name_and_signature(trainer, hook, expected):
+    name = trainer.__name__
+    assert hasattr(trainer, hook), f"TRL {trl.__version__} removed {name}.{hook}, which the method overrides"
+    assert parameters(getattr(trainer, hook)) == expected, (
+        f"TRL {trl.__version__} changed {name}.{hook}{inspect.signature(getattr(trainer, hook))}; "
+        f"DiversityCFGMixin overrides it as ({', '.join(expected)})"
     )
-    assert hook in vars(DiversityCFGTrainer) or hook == "_tokenize_prompts", f"{hook} is listed but not overridden"
+    assert hook in vars(DiversityCFGMixin) or hook == "_tokenize_prompts", f"{hook} is listed but not overridden"
 
 
-def test_grpo_calls_the_hooks_where_the_trainer_expects():
-    generate = inspect.getsource(GRPOTrainer._generate_and_score_completions)
-    assert "self._calculate_rewards(" in generate, "GRPO no longer scores rewards through _calculate_rewards"
-    assert "self._logs[" in generate, "GRPO no longer fills the completions table from self._logs"
-    loss = inspect.getsource(GRPOTrainer._compute_loss)
-    assert "self.current_gradient_accumulation_steps" in loss, (
-        "GRPO's loss no longer divides by current_gradient_accumulation_steps: the distillation reduction mirrors it"
-    )
+@pytest.mark.parametrize("trainer", [GRPOTrainer, RLOOTrainer], ids=["grpo", "rloo"])
+def test_the_trainers_call_the_hooks_where_the_method_expects(trainer):
+    name = trainer.__name__
+    generate = inspect.getsource(trainer._generate_and_score_completions)
+    assert "self._calculate_rewards(" in generate, f"{name} no longer scores rewards through _calculate_rewards"
+    assert "self._logs[" in generate, f"{name} no longer fills the completions table from self._logs"
+    loss = inspect.getsource(trainer._compute_loss)
     assert "self._get_per_token_logps_and_entropies(" in loss, (
-        "GRPO's loss no longer runs the policy forward through _get_per_token_logps_and_entropies: the student's "
+        f"{name}'s loss no longer runs the policy forward through _get_per_token_logps_and_entropies: the student's "
         "hidden states are captured from that forward"
+    )
+
+
+def test_grpo_scales_for_accumulation_itself_and_rloo_leaves_it_to_transformers():
+    assert "self.current_gradient_accumulation_steps" in inspect.getsource(GRPOTrainer._compute_loss), (
+        "GRPO's loss no longer divides by current_gradient_accumulation_steps: reduce_like_grpo mirrors it"
+    )
+    assert GRPOTrainer.loss_is_scaled_for_ga is True and RLOOTrainer.loss_is_scaled_for_ga is False, (
+        "GRPO/RLOO changed who scales the loss for gradient accumulation: reduce_like_grpo/reduce_like_rloo mirror it"
+    )
+    rloo_loss = inspect.getsource(RLOOTrainer._compute_loss)
+    assert "per_sequence_loss.mean()" in rloo_loss, "RLOO no longer averages a per-sequence loss: see reduce_like_rloo"
+    rloo_advantages = inspect.getsource(RLOOTrainer._generate_and_score_completions)
+    assert "torch.isnan(rewards_per_func).all(dim=1)" in rloo_advantages, (
+        "RLOO changed how it marks unscorable rows: see DiversityCFGRLOOTrainer._rewards_without_quality_reward"
     )
 
 

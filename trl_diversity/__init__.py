@@ -34,6 +34,8 @@ warnings.filterwarnings(
 _EXPORTS = {
     "DiversityCFGConfig": "trl_diversity.trainer.diversity_cfg_config",
     "DiversityCFGTrainer": "trl_diversity.trainer.diversity_cfg_trainer",
+    "DiversityCFGRLOOConfig": "trl_diversity.trainer.diversity_cfg_config",
+    "DiversityCFGRLOOTrainer": "trl_diversity.trainer.diversity_cfg_trainer",
     "chunked_token_divergence": "trl_diversity.trainer.divergence",
     "token_divergence": "trl_diversity.trainer.divergence",
     "guided_log_probs": "trl_diversity.trainer.guidance",

@@ -38,7 +38,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoTokenizer
 
 import trl_diversity.trainer.divergence as divergence
-import trl_diversity.trainer.diversity_cfg_trainer as trainer_module
+import trl_diversity.trainer.method as trainer_module
 from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer
 from trl_diversity.data import load_prompts
 from trl_diversity.rewards.embedder import completion_text

@@ -99,7 +99,7 @@ def _parser():
     """The train parser, built on first use: `TrlParser` and the config behind it import torch and transformers."""
     from trl import ModelConfig, TrlParser
 
-    from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
+    from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig, method_field_names
 
     class Parser(TrlParser):
         """TrlParser whose errors are one-line `UserError`s and whose help groups the options by origin, the
@@ -125,7 +125,7 @@ def _parser():
                         "the default job or a recipe sets them)"
                     ),
                 }
-            own_fields = set(DiversityCFGConfig.__annotations__)  # declared in our class, not inherited from GRPO
+            own_fields = set(method_field_names())  # the method's fields (DiversityCFGFields), not TRL's
             hints = typing.get_type_hints(dtype)  # resolves `from __future__ import annotations` strings
             for item in dataclasses.fields(dtype):
                 if not item.init:

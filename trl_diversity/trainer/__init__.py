@@ -1,7 +1,8 @@
-"""The training method: `DiversityCFGConfig`, `DiversityCFGTrainer` and the pure math they use (CFG guidance,
+"""The training method: `DiversityCFGMixin` (`method.py`) on TRL's GRPO and RLOO trainers (`DiversityCFGTrainer`,
+`DiversityCFGRLOOTrainer`, with their configs), and the pure math they use (CFG guidance,
 token divergences, GRPO-style loss reduction), the frozen CFG teacher, and the trainer's safety callbacks.
 
-Both names are imported on first use, so that the config (and the command line's argument checks) loads without
+The names are imported on first use, so that the config (and the command line's argument checks) loads without
 the trainer's heavier imports.
 """
 
@@ -12,6 +13,8 @@ import importlib
 _EXPORTS = {
     "DiversityCFGConfig": "trl_diversity.trainer.diversity_cfg_config",
     "DiversityCFGTrainer": "trl_diversity.trainer.diversity_cfg_trainer",
+    "DiversityCFGRLOOConfig": "trl_diversity.trainer.diversity_cfg_config",
+    "DiversityCFGRLOOTrainer": "trl_diversity.trainer.diversity_cfg_trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,14 @@
-"""`DiversityCFGConfig`: GRPO's configuration plus the fields of diversity-rewarded CFG distillation."""
+"""The configs of diversity-rewarded CFG distillation: TRL's GRPO or RLOO configuration plus the method's fields.
+
+The method's fields, their help and their checks are declared once, in `DiversityCFGFields`; each config is that
+mixin on top of one of TRL's online RL configs:
+
+- `DiversityCFGConfig(DiversityCFGFields, GRPOConfig)`, for `DiversityCFGTrainer`;
+- `DiversityCFGRLOOConfig(DiversityCFGFields, RLOOConfig)`, for `DiversityCFGRLOOTrainer`.
+
+Every field of the TRL config keeps its meaning and its default (RLOO's `beta=0.05` and `num_generations=2`
+included).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-from trl import GRPOConfig
+from trl import GRPOConfig, RLOOConfig
 
 from trl_diversity.defaults import DEFAULT_JOB_TRAINING
 from trl_diversity.rewards.registry import BUILTIN_GROUP_REWARDS, check_group_reward_name
@@ -14,10 +24,10 @@ from trl_diversity.trainer.divergence import DIVERGENCES
 
 
 @dataclass
-class DiversityCFGConfig(GRPOConfig):
-    """Configuration of [`DiversityCFGTrainer`]; every `GRPOConfig` field keeps its meaning.
+class DiversityCFGFields:
+    """The method's fields and checks, mixed into a TRL config (it must come first among the bases).
 
-    Names: the paper's `gamma` is `guidance_scale` and its `beta` is `diversity_coef`. GRPO's own `beta` is the
+    Names: the paper's `gamma` is `guidance_scale` and its `beta` is `diversity_coef`. TRL's own `beta` is the
     KL-to-reference coefficient and is unrelated.
     """
 
@@ -197,11 +207,30 @@ class DiversityCFGConfig(GRPOConfig):
                 setattr(self, new, getattr(self, old))
 
     @classmethod
-    def default_job(cls, output_dir: str = "outputs/default", **overrides) -> DiversityCFGConfig:
+    def default_job(cls, output_dir: str = "outputs/default", **overrides):
         """The settings of `trl-diversity train`'s default job (sized for a CPU: learning rate 2e-4, 4 samples of
         48 tokens, 24 steps, no gradient checkpointing), with `overrides` on top. The class's own defaults are
         GRPO's (learning rate 1e-6, 8 samples of up to 512 tokens), meant for long GPU runs."""
         return cls(**{**DEFAULT_JOB_TRAINING, "output_dir": output_dir, **overrides})
+
+
+@dataclass
+class DiversityCFGConfig(DiversityCFGFields, GRPOConfig):
+    """Configuration of [`DiversityCFGTrainer`]: `GRPOConfig` plus the method's fields; every GRPO field keeps its
+    meaning."""
+
+
+@dataclass
+class DiversityCFGRLOOConfig(DiversityCFGFields, RLOOConfig):
+    """Configuration of [`DiversityCFGRLOOTrainer`]: `RLOOConfig` plus the method's fields; every RLOO field keeps
+    its meaning and default (`beta=0.05`, the KL penalty in the reward; `num_generations=2`)."""
+
+
+def method_field_names() -> list[str]:
+    """The method's own fields, in declaration order (the same in both configs)."""
+    from dataclasses import fields
+
+    return [f.name for f in fields(DiversityCFGFields)]
 
 
 def _any_accelerator_available() -> bool:

@@ -1,61 +1,28 @@
-"""`DiversityCFGTrainer`: GRPO plus a CFG-distillation loss and a group diversity reward.
+"""The method on TRL's two online RL trainers: `DiversityCFGTrainer` (GRPO) and `DiversityCFGRLOOTrainer` (RLOO).
 
-What this class adds to `trl.GRPOTrainer`, and where:
+The method itself is `DiversityCFGMixin` (`method.py`). This file holds only what differs between the algorithms:
 
-- `__init__`: resolves the diversity term (`diversity_reward`: a built-in measure or the user's group reward; the
-  embedder is loaded only for `embedding`) and sets up the frozen CFG teacher. GRPO's reward lists stay exactly what
-  the user passed: the diversity term is not a GRPO reward column.
-- `_calculate_rewards`: GRPO calls it on every process with exactly what reward functions get; the diversity term is
-  scored there, whole groups gathered across processes (a prompt's group can span them), each group once.
-- `_generate_and_score_completions`: adds `diversity_coef * (r_i - b_i)` to GRPO's advantages (no std division, so
-  `diversity_coef` is a real weight) and runs the teacher on the conditional and unconditional contexts.
-- `_compute_loss`: GRPO's loss plus `distill_coef` times the teacher-student divergence, computed from the hidden
-  states of the very forward pass GRPO runs for its log-probabilities.
-
-With `distill_coef=0` and `diversity_coef=0` none of this runs (no embedder, no teacher, no extra metric): the
-trainer is GRPO on the user's `reward_funcs`.
+| | GRPO | RLOO |
+|---|---|---|
+| constructor | GRPO's, `tools`, `rollout_func` and `environment_factory` included; `reward_funcs` optional | RLOO's (it has no tools, rollout function or environments); `reward_funcs` optional too |
+| no quality reward | an empty `[N, 0]` reward matrix: GRPO's advantages are 0 | a zero column `[N, 1]` of weight 0: the row stays scorable, so RLOO's KL penalty (`beta`, in the reward) still enters the advantages |
+| distillation reduction | GRPO's reduction of its policy term for the chosen `loss_type`, divided by the accumulation steps as GRPO does | RLOO's: a sum over each completion's tokens, then a mean over the completions; transformers divides by the accumulation steps (`loss_is_scaled_for_ga=False`) |
+| diversity advantage | added to GRPO's final advantages | added to RLOO's final advantages, after its `reward_clip_range` and `normalize_advantages`, so neither rescales it |
 """
 
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
-from pathlib import Path
-
 import torch
-from accelerate.utils import is_peft_model
-from trl import GRPOTrainer
-from trl.data_utils import is_conversational
+from trl import GRPOTrainer, RLOOTrainer
 
-from trl_diversity.defaults import DEFAULT_MODEL_NAMES, resolve_model
-from trl_diversity.rewards.baselines import group_advantages, is_pairwise
-from trl_diversity.rewards.group import LOCAL_KWARGS, score_groups
-from trl_diversity.rewards.registry import resolve_group_reward
-from trl_diversity.trainer.divergence import chunked_token_divergence, head_rows
-from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
-from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
-from trl_diversity.trainer.logit_scale import logit_scale, text_config
-from trl_diversity.trainer.model_card import name_local_base_model
-from trl_diversity.trainer.normalization import reduce_like_grpo
-from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
-from trl_diversity.trainer.teacher import guided_teacher_hidden_states
-from trl_diversity.trainer.teacher_model import teacher_model_is_missing
-from trl_diversity.trainer.trl_internals import (
-    create_model_from_path,
-    disable_dropout_in_model,
-    disable_gradient_checkpointing,
-    get_config_model_id,
-    prepare_deepspeed,
-    prepare_fsdp,
-    use_adapter,
-)
-from trl_diversity.trainer.validation import check_chat_template, check_distillation_inputs, check_prompt_dataset
+from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig, DiversityCFGRLOOConfig
+from trl_diversity.trainer.method import TEACHER_ADAPTER, DiversityCFGMixin
+from trl_diversity.trainer.normalization import reduce_like_grpo, reduce_like_rloo
 
-# The frozen copy of a user-supplied adapter: the teacher is the initial policy, which GRPO's convention calls "ref".
-TEACHER_ADAPTER = "ref"
+__all__ = ["TEACHER_ADAPTER", "DiversityCFGRLOOTrainer", "DiversityCFGTrainer"]
 
 
-class DiversityCFGTrainer(GRPOTrainer):
+class DiversityCFGTrainer(DiversityCFGMixin, GRPOTrainer):
     """Diversity-rewarded CFG distillation (Cideron et al., ICLR 2025) as a drop-in `GRPOTrainer`.
 
     The constructor is GRPO's. `reward_funcs` is optional: the diversity reward and the distillation loss are built
@@ -65,6 +32,7 @@ class DiversityCFGTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "trl-diversity", "cfg-distillation"]
     _name = "DiversityCFG"
+    _config_class = DiversityCFGConfig
 
     def __init__(
         self,
@@ -83,68 +51,12 @@ class DiversityCFGTrainer(GRPOTrainer):
         rollout_func=None,
         environment_factory=None,
     ):
-        if isinstance(model, str) and model.lower() in DEFAULT_MODEL_NAMES:
-            model = resolve_model(model)  # "default": the bundled SmolLM2, as on the command line
-        if args is None:
-            name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = DiversityCFGConfig(f"{name.split('/')[-1] or 'model'}-DiversityCFG")
-        elif not isinstance(args, DiversityCFGConfig):
-            raise TypeError(
-                f"DiversityCFGTrainer needs a DiversityCFGConfig, got {type(args).__name__}. Build one with the same "
-                "fields: DiversityCFGConfig(**your_grpo_config.to_dict()) plus the diversity/CFG fields."
-            )
-        user_reward_funcs = (
-            [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+        model, args, setup = self._prepare_method(
+            model, reward_funcs, args, train_dataset, eval_dataset, peft_config, environment_factory
         )
-        method_on = args.distill_coef > 0 or args.diversity_coef > 0
-        if not method_on and not user_reward_funcs and environment_factory is None:
-            raise ValueError(
-                "Nothing to train on: distill_coef=0 and diversity_coef=0, and no reward_funcs were given. Set "
-                "distill_coef > 0 (CFG distillation), diversity_coef > 0 (diversity reward), or pass reward_funcs."
-            )
-        # An environment may supply the prompts; only CFG needs them non-empty (it contrasts them with the null one).
-        check_prompt = dict(require_prompt=environment_factory is None, allow_empty=args.distill_coef == 0)
-        check_prompt_dataset(train_dataset, **check_prompt)
-        evaluation_sets = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
-        for split, dataset in evaluation_sets.items():
-            check_prompt_dataset(dataset, f"eval_dataset[{split!r}]" if split else "eval_dataset", **check_prompt)
-        if args.distill_coef > 0:
-            check_distillation_inputs(
-                [train_dataset, *evaluation_sets.values()], environment_factory=environment_factory
-            )
-        if args.distill_coef > 0 and args.teacher_model is not None and teacher_model_is_missing(args.teacher_model):
-            raise ValueError(
-                f"teacher_model {args.teacher_model!r} does not exist (no such folder, and not in the local hub cache "
-                "while the hub is offline). Pass the folder of a checkpoint that shares the student's tokenizer, or "
-                "leave teacher_model unset to use the initial policy as the teacher."
-            )
-
-        # A model built in memory has no path to reload the initial policy from: copy it before training moves it.
-        initial_policy = None
-        if (
-            args.distill_coef > 0
-            and args.teacher_model is None
-            and peft_config is None
-            and not isinstance(model, str)
-            and not is_peft_model(model)
-        ):
-            initial_policy = copy.deepcopy(model)
-        user_adapter_model = peft_config is None and not isinstance(model, str) and is_peft_model(model)
-
-        # The diversity term is measured whenever the method runs, also at diversity_coef=0 (logged, to watch CFG
-        # distillation collapse diversity), and never with the method off. Resolved before any model loads, so a bad
-        # name or a missing embedder fails fast.
-        self.diversity_reward = (
-            resolve_group_reward(args.diversity_reward, args.diversity_embedder, device=args.device)
-            if method_on
-            else None
-        )
-        self.embedder = getattr(self.diversity_reward, "embedder", None)  # loaded for diversity_reward="embedding"
-        self._latest_diversity_rewards: torch.Tensor | None = None
-
         # GRPO refuses to start without a reward source. With the method on and no quality reward, it gets a
         # placeholder for its construction only, removed right after: the reward lists stay what the user passed.
-        placeholder = method_on and not user_reward_funcs
+        placeholder = setup.method_on and not setup.user_reward_funcs
         user_weights = args.reward_weights
         if placeholder:
             reward_funcs = [_no_quality_reward]
@@ -179,283 +91,20 @@ class DiversityCFGTrainer(GRPOTrainer):
             # No reward column at all: both aggregations give zero GRPO advantages, and only the sum form accepts an
             # empty reward matrix (normalize_then_sum reshapes it by the number of reward functions).
             self.multi_objective_aggregation = "sum_then_normalize"
-        check_chat_template(train_dataset, self._tokenizer)
-        self.interrupted = False  # set when SIGINT/SIGTERM stopped the run after saving a checkpoint
-        # With the method off the guard still protects the weights, but logs no metric of its own: GRPO's logs stay
-        # GRPO's.
-        self.add_callback(NonFiniteStepGuard(self, args.max_nonfinite_steps, log_metric=method_on))
-        self.add_callback(SignalCheckpoint(self))
+        self._finish_method(setup, train_dataset)
 
-        self._unconditional_ids_cache: dict[bool, list[int]] = {}
-        self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation
-        self._teacher_adapter = None  # with a user-supplied adapter: the name of its frozen copy ("ref")
-        self._frozen_teacher_head = None  # with LoRA and a trainable LM head: a frozen copy of the initial head
-        if args.distill_coef > 0:
-            self._set_up_teacher(initial_policy, user_adapter_model)
-
-    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        if self.is_world_process_zero():  # TRL's card says "fine-tuned version of [None]" for a local base
-            name_local_base_model(Path(self.args.output_dir) / "README.md", get_config_model_id(self.model.config))
-
-    def _send_telemetry(self):
-        # TRL pings the hub with usage telemetry when a trainer is built. This project makes no network call the
-        # user did not ask for (its default path runs with no hub at all), so the ping is off. README: "Offline".
-        return
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Teacher
-
-    def _set_up_teacher(self, initial_policy, user_adapter_model: bool):
-        args = self.args
-        if args.teacher_model is not None:
-            teacher = create_model_from_path(args.teacher_model, **self._teacher_init_kwargs())
-            self._check_teacher_vocabulary(teacher, args.teacher_model)
-        elif is_peft_model(self.model):
-            if user_adapter_model:
-                self._teacher_adapter = self._freeze_adapter_copy()
-            _check_no_softcapping(self.model)
-            self._frozen_teacher_head = self._freeze_trainable_head()
-            return  # the base model with the adapter disabled is the teacher: no second copy of the weights
-        elif self.ref_model is not None and not args.sync_ref_model:
-            # GRPO's frozen reference is the initial policy already. Not under `sync_ref_model`: GRPO then mixes the
-            # policy into its reference, and the teacher would drift toward the student.
-            self.teacher = self.ref_model
-            _check_no_softcapping(self.teacher)
-            return
-        elif initial_policy is not None:
-            teacher = initial_policy
-        else:
-            teacher = create_model_from_path(get_config_model_id(self.model.config), **self._teacher_init_kwargs())
-        _check_no_softcapping(teacher)
-        teacher.eval().requires_grad_(False)
-        if args.disable_dropout:
-            disable_dropout_in_model(teacher)
-        # Prepared like GRPO's reference model, so it is sharded the same way under DeepSpeed ZeRO-3 and FSDP.
-        if self.is_deepspeed_enabled:
-            self.teacher = prepare_deepspeed(teacher, self.accelerator)
-        elif self.is_fsdp_enabled:
-            self.teacher = prepare_fsdp(teacher, self.accelerator)
-        else:
-            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
-
-    def _teacher_init_kwargs(self) -> dict:
-        kwargs = dict(self.args.model_init_kwargs or {})
-        if self.args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
-            kwargs["device_map"] = None
-        kwargs.setdefault("trust_remote_code", self.args.trust_remote_code)
-        kwargs.setdefault("dtype", self.model.dtype)
-        return kwargs
-
-    def _check_teacher_vocabulary(self, teacher, name: str):
-        # Under ZeRO-3 both heads are already partitioned here: `head_rows` reads their full size, not 0.
-        student_rows = head_rows(language_model(self.model).get_output_embeddings().weight)
-        teacher_rows = head_rows(teacher.get_output_embeddings().weight)
-        mismatch = student_rows != teacher_rows
-        detail = f"the student's LM head has {student_rows} rows, the teacher's {teacher_rows}"
-        try:
-            from transformers import AutoTokenizer
-
-            teacher_vocab = AutoTokenizer.from_pretrained(name).get_vocab()
-        except (OSError, ValueError):
-            teacher_vocab = None  # a checkpoint without a tokenizer: only the head sizes can be compared
-        if teacher_vocab is not None and teacher_vocab != self._tokenizer.get_vocab():
-            mismatch = True
-            detail = "their tokenizers map tokens to different ids"
-        if mismatch:
-            raise ValueError(
-                f"teacher_model {name!r} does not share the student's vocabulary ({detail}). CFG distillation compares "
-                "next-token distributions id by id: use a teacher from the same model family and tokenizer."
-            )
-
-    def _freeze_adapter_copy(self) -> str:
-        """The initial policy is base + the user's adapter: keep a frozen copy of that adapter as the teacher.
-
-        GRPO names the frozen copy of the initial adapter "ref" (it makes one itself when `beta != 0`); the teacher is
-        that same initial policy, so it is the same adapter under the same name, shared when GRPO made it already.
-        """
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if TEACHER_ADAPTER not in unwrapped.peft_config:
-            unwrapped.add_adapter(TEACHER_ADAPTER, unwrapped.peft_config["default"])
-            for name, param in unwrapped.named_parameters():
-                if f".{TEACHER_ADAPTER}." in name:
-                    param.data.copy_(unwrapped.get_parameter(name.replace(f".{TEACHER_ADAPTER}.", ".default.")).data)
-            unwrapped.set_adapter("default")
-        for name, param in unwrapped.named_parameters():
-            if f".{TEACHER_ADAPTER}." in name:
-                param.requires_grad_(False)
-        return TEACHER_ADAPTER
-
-    def _freeze_trainable_head(self) -> torch.nn.Linear | None:
-        """With LoRA, the teacher is the model with its adapter off; a head trained alongside the adapter
-        (`modules_to_save=["lm_head"]`) would still move under it. Keep a frozen copy of the initial head then."""
-        head = language_model(self.accelerator.unwrap_model(self.model)).get_output_embeddings()
-        if not any(parameter.requires_grad for parameter in head.parameters()):
-            return None
-        weight, bias = head.weight, getattr(head, "bias", None)
-        if hasattr(weight, "ds_shape") or hasattr(weight, "full_tensor"):
-            raise ValueError(
-                "LoRA with a trainable LM head (modules_to_save or trainable tied embeddings) under DeepSpeed ZeRO-3 "
-                "or FSDP: the CFG teacher needs a frozen copy of the initial head, which a sharded head cannot give. "
-                "Leave lm_head out of modules_to_save, or train on one device or with ZeRO-2."
-            )
-        frozen = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
-        frozen = frozen.to(weight.dtype).requires_grad_(False)
-        frozen.weight.copy_(weight.detach())
-        if bias is not None:
-            frozen.bias.copy_(bias.detach())
-        return frozen
-
-    def _unconditional_ids(self, conversational: bool) -> list[int]:
-        """The null context, rendered like the prompts; never empty (falls back to BOS, else EOS)."""
-        if conversational not in self._unconditional_ids_cache:
-            null = self.args.unconditional_prompt
-            if conversational:
-                ids = self._tokenize_prompts([[{"role": "user", "content": null}]])[0][0]
-            else:
-                ids = self.processing_class(text=[null])["input_ids"][0]
-            ids = [int(i) for i in ids]
-            if not ids:
-                fallback = self._tokenizer.bos_token_id
-                ids = [fallback if fallback is not None else self._tokenizer.eos_token_id]
-            self._unconditional_ids_cache[conversational] = ids
-        return self._unconditional_ids_cache[conversational]
-
-    def _teacher_hidden_states(self, output: dict, conversational: bool) -> torch.Tensor:
-        mode = "train" if self.model.training else "eval"
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        arguments = dict(
-            prompt_ids=output["prompt_ids"],
-            prompt_mask=output["prompt_mask"],
-            completion_ids=output["completion_ids"],
-            completion_mask=output["completion_mask"],
-            unconditional_ids=self._unconditional_ids(conversational),
-            guidance_scale=self.args.guidance_scale,
-            pad_id=self._tokenizer.pad_token_id,
-            batch_size=batch_size,
-        )
-        with torch.no_grad(), self.accelerator.autocast():
-            if self.teacher is not None:
-                return guided_teacher_hidden_states(self.teacher, **arguments)
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            with (
-                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-                use_adapter(unwrapped, adapter_name=self._teacher_adapter),
-                _in_eval_mode(self.model),  # the teacher is frozen: no dropout, as for the separate teacher
-            ):
-                return guided_teacher_hidden_states(self.model, **arguments)
-
-    def _teacher_head(self) -> torch.nn.Module:
-        if self._frozen_teacher_head is not None:
-            return self._frozen_teacher_head
-        owner = self.model if self.teacher is None else self.teacher
-        return language_model(self.accelerator.unwrap_model(owner)).get_output_embeddings()
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Diversity term
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        # GRPO calls this on every process together, with exactly what reward functions receive: the place to score
-        # the diversity term (its scoring gathers across processes). It is kept out of GRPO's reward columns.
-        self._latest_diversity_rewards = self._score_diversity(inputs, prompts, completions, completion_ids_list)
-        if self.reward_funcs:
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        # No quality reward: an empty reward matrix (GRPO's advantages are then 0), without GRPO's warning that
-        # "all reward functions returned None" (there are none).
-        global_size = len(prompts) * self.accelerator.num_processes
+    def _rewards_without_quality_reward(self, global_size: int) -> torch.Tensor:
+        # An empty reward matrix: GRPO's advantages are then 0 (its KL is a loss term, unaffected).
         return torch.zeros(global_size, 0, device=self.accelerator.device)
 
-    def _score_diversity(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor | None:
-        """The diversity reward `r_i` of every completion of the global batch (`[N]`), or None when not measured."""
-        num_generations = self.num_generations if self.model.training else self.num_generations_eval
-        if self.diversity_reward is None or num_generations < 2:
-            return None  # the method is off, or (evaluation with one sample per prompt) there is nothing to compare
-        # The same per-completion columns GRPO passes its reward functions.
-        keys = [key for key in inputs[0] if key not in ("prompt", "completion", "completion_ids", *LOCAL_KWARGS)]
-        columns = {key: [example[key] for example in inputs] for key in keys}
-        columns["completion_ids"] = completion_ids_list
-        rewards = score_groups(
-            self.diversity_reward,
-            prompts,
-            completions,
-            num_generations,
-            columns,
-            extra={"trainer_state": self.state},
-            name=f"diversity_reward={self.args.diversity_reward}",
-        )
-        return torch.tensor(rewards, dtype=torch.float32)
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # GRPO hooks
-
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        mode = "train" if self.model.training else "eval"
-        if not self.reward_funcs:
-            # GRPO reads an empty reward matrix as "no reward returned" and logs NaN; with no quality reward its
-            # reward is identically 0, so log what a zero reward gives (as before the diversity left GRPO's columns).
-            metrics = self._metrics[mode]
-            metrics["reward"][-1], metrics["reward_std"][-1], metrics["frac_reward_zero_std"][-1] = 0.0, 0.0, 1.0
-        rewards = self._latest_diversity_rewards
-        if rewards is not None:
-            self._add_diversity_advantages(output, rewards, mode)
-        elif self.diversity_reward is not None:  # one sample per prompt (evaluation): nothing to compare
-            # Keeps the completions table's columns of equal length.
-            global_size = output["advantages"].shape[0] * self.accelerator.num_processes
-            self._logs["extra"]["diversity_reward"].extend([float("nan")] * global_size)
-        if self.args.distill_coef > 0:
-            output["teacher_hidden_states"] = self._teacher_hidden_states(output, is_conversational(inputs[0]))
-        return output
-
-    def _add_diversity_advantages(self, output: dict, rewards: torch.Tensor, mode: str) -> None:
-        """`diversity_coef * (r_i - b_i)` added to GRPO's advantages (this process's slice), and the metrics."""
-        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-        pairwise = is_pairwise(self.diversity_reward)
-        advantages = self.args.diversity_coef * group_advantages(rewards, num_generations, pairwise)
-        local_size = output["advantages"].shape[0]
-        start = self.accelerator.process_index * local_size
-        if self.args.diversity_coef > 0:
-            local = advantages[start : start + local_size].to(output["advantages"].device)
-            output["advantages"] = output["advantages"] + local
+    def _log_zero_quality_reward(self, mode: str) -> None:
+        # GRPO reads an empty reward matrix as "no reward returned" and logs NaN; with no quality reward its reward is
+        # identically 0, so log what a zero reward gives (as before the diversity left GRPO's columns).
         metrics = self._metrics[mode]
-        if pairwise:  # the group's mean reward is its mean pairwise dissimilarity: the paper's diversity
-            metrics["diversity/pairwise"].append(rewards.mean().item())
-        metrics["diversity/reward/mean"].append(rewards.mean().item())
-        metrics["diversity/reward/std"].append(rewards.std().item() if rewards.numel() > 1 else 0.0)
-        metrics["diversity/advantage_abs"].append(advantages.abs().mean().item())
-        self._logs["extra"]["diversity_reward"].extend(rewards.tolist())  # a column of GRPO's completions table
+        metrics["reward"][-1], metrics["reward_std"][-1], metrics["frac_reward_zero_std"][-1] = 0.0, 0.0, 1.0
 
-    def _compute_loss(self, model, inputs):
-        if self.args.distill_coef == 0:
-            return super()._compute_loss(model, inputs)
-        # The student's hidden states come from the forward GRPO runs anyway for its log-probabilities.
-        with capture_last_hidden_state(self.accelerator.unwrap_model(model)) as captured:
-            loss = super()._compute_loss(model, inputs)
-        hidden = torch.cat(captured)
-        prompt_length = inputs["prompt_ids"].size(1)
-        completion_length = inputs["completion_ids"].size(1)
-        # Position p predicts token p + 1: the completion is predicted from positions P - 1 .. P + C - 2.
-        student_hidden = hidden[:, prompt_length - 1 : prompt_length - 1 + completion_length]
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
-        selected = mask.bool()
-        teacher_hidden = inputs["teacher_hidden_states"]
-        with self.accelerator.autocast():
-            divergence = chunked_token_divergence(
-                student_hidden[selected],
-                self._student_head(model),
-                teacher_hidden[selected].to(student_hidden.device),
-                self._teacher_head(),
-                kind=self.args.distill_divergence,
-                jsd_beta=self.args.distill_jsd_beta,
-                student_logit_scale=logit_scale(model),
-                teacher_logit_scale=logit_scale(self.teacher if self.teacher is not None else model),
-            )
-        per_token = torch.zeros(mask.shape, dtype=divergence.dtype, device=divergence.device)
-        per_token = per_token.masked_scatter(selected, divergence)
-        mode = "train" if self.model.training else "eval"
-        distill_loss = reduce_like_grpo(
+    def _reduce_distillation(self, per_token, mask, inputs, mode):
+        return reduce_like_grpo(
             per_token,
             mask,
             self.loss_type,
@@ -467,35 +116,68 @@ class DiversityCFGTrainer(GRPOTrainer):
             steps_per_generation=self.args.steps_per_generation,
             training=mode == "train",
         )
-        totals = self.accelerator.reduce(
-            torch.stack([divergence.detach().sum(), selected.sum().to(divergence.dtype)]), reduction="sum"
-        )
-        self._metrics[mode]["distill/divergence"].append((totals[0] / totals[1].clamp(min=1.0)).item())
-        return loss + self.args.distill_coef * distill_loss
 
-    def _student_head(self, model) -> torch.nn.Module:
-        return language_model(self.accelerator.unwrap_model(model)).get_output_embeddings()
+
+class DiversityCFGRLOOTrainer(DiversityCFGMixin, RLOOTrainer):
+    """Diversity-rewarded CFG distillation as a drop-in `RLOOTrainer`: leave-one-out baselines, and RLOO's KL
+    penalty (`beta`, 0.05 by default) in the reward.
+
+    The constructor is RLOO's, with `reward_funcs` optional: the diversity reward and the distillation loss are built
+    in, and extra reward functions add quality rewards through RLOO's own machinery (clipped by
+    `reward_clip_range`, baselined leave-one-out, normalised with `normalize_advantages` as RLOO does). The diversity
+    advantage `diversity_coef * (r_i - b_i)` is added after all of that, so neither option rescales it.
+    """
+
+    _tag_names = ["trl", "rloo", "trl-diversity", "cfg-distillation"]
+    _name = "DiversityCFG-RLOO"
+    _config_class = DiversityCFGRLOOConfig
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: DiversityCFGRLOOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        model, args, setup = self._prepare_method(model, reward_funcs, args, train_dataset, eval_dataset, peft_config)
+        super().__init__(
+            model=model,
+            # RLOO accepts an empty list (no placeholder needed); it reads None as one reward function `None`.
+            reward_funcs=reward_funcs if reward_funcs is not None else [],
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        self._finish_method(setup, train_dataset)
+
+    def _rewards_without_quality_reward(self, global_size: int) -> torch.Tensor:
+        # RLOO reads a row with no finite reward as "unscorable" (`isnan(row).all()`, True for an empty row): the whole
+        # row, KL penalty included, would get a zero advantage. One zero column keeps every row scorable. Its weight
+        # is RLOO's empty `reward_weights` (the user's lists stay as passed): `[N, 1] * [1, 0]` broadcasts to an
+        # empty product, so the quality reward sums to 0 and `-beta * KL` still enters the leave-one-out advantages.
+        # (tests/test_rloo.py checks that the KL penalty survives.)
+        return torch.zeros(global_size, 1, device=self.accelerator.device)
+
+    def _log_zero_quality_reward(self, mode: str) -> None:
+        return  # with the zero column RLOO logs a reward of 0 itself (its KL penalty is logged as `kl`)
+
+    def _reduce_distillation(self, per_token, mask, inputs, mode):
+        return reduce_like_rloo(per_token, mask)
 
 
 def _no_quality_reward(completions, **kwargs):
-    """Placeholder reward source for GRPO's constructor only (see `__init__`); never called."""
+    """Placeholder reward source for GRPO's constructor only (see `DiversityCFGTrainer.__init__`); never called."""
     raise RuntimeError("The placeholder reward should have been removed after construction.")
-
-
-@contextmanager
-def _in_eval_mode(model: torch.nn.Module):
-    """Run the block with `model` in eval mode (dropout off), then restore its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _check_no_softcapping(model):
-    if getattr(text_config(model), "final_logit_softcapping", None):
-        raise ValueError(
-            "The teacher applies final-logit soft-capping, so CFG cannot be computed on its hidden states (the "
-            "capping is not linear). Use a model without `final_logit_softcapping` or set distill_coef=0."
-        )

@@ -1,4 +1,4 @@
-"""Reduce a per-token loss to a scalar exactly the way GRPO reduces its policy-gradient term.
+"""Reduce a per-token loss to a scalar exactly the way GRPO (or RLOO) reduces its policy-gradient term.
 
 The distillation term is added to GRPO's loss, so it must be averaged over tokens and sequences, and scaled for
 gradient accumulation, by the same rule as the policy term of the chosen `loss_type`; otherwise the relative weight
@@ -44,3 +44,14 @@ def reduce_like_grpo(
     if loss_type == "luspo":
         return (per_token * mask).sum(-1).mean() / accumulation
     raise ValueError(f"Unknown loss type {loss_type!r}.")
+
+
+def reduce_like_rloo(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror of the reduction at the end of `trl.RLOOTrainer._compute_loss` (TRL 1.16).
+
+    RLOO's policy term is a sequence-level ratio times the advantage, i.e. a sum over each completion's tokens, then
+    `per_sequence_loss.mean()` over the micro-batch's completions. RLOO leaves gradient accumulation to transformers
+    (`loss_is_scaled_for_ga=False`: the returned loss is divided by the accumulation steps there), so nothing is
+    divided here, in training or evaluation.
+    """
+    return (per_token * mask.to(per_token.dtype)).sum(-1).mean()

@@ -1,0 +1,468 @@
+"""`DiversityCFGMixin`: diversity-rewarded CFG distillation (Cideron et al., ICLR 2025), for any of TRL's online RL
+trainers. `diversity_cfg_trainer.py` puts it on `GRPOTrainer` and on `RLOOTrainer`; this module is everything the two
+share, so the method has one implementation.
+
+What the mixin adds to the TRL trainer, and where:
+
+- construction (`_prepare_method` before the TRL constructor, `_finish_method` after it): checks the inputs before
+  any model loads, resolves the diversity term (`diversity_reward`: a built-in measure or the user's group reward;
+  the embedder is loaded only for `embedding`) and sets up the frozen CFG teacher. The TRL trainer's reward lists
+  stay exactly what the user passed: the diversity term is not one of its reward columns.
+- `_calculate_rewards`: both trainers call it on every process with exactly what reward functions get; the
+  diversity term is scored there, whole groups gathered across processes (a prompt's group can span them), each
+  group once.
+- `_generate_and_score_completions`: adds `diversity_coef * (r_i - b_i)` to the algorithm's final advantages (after
+  any normalisation or clipping of its own, and not divided by any standard deviation, so `diversity_coef` is a
+  real weight) and runs the teacher on the conditional and unconditional contexts.
+- `_compute_loss`: the algorithm's loss plus `distill_coef` times the teacher-student divergence, computed from the
+  hidden states of the very forward pass the algorithm runs for its log-probabilities, and reduced the way the
+  algorithm reduces its own policy term (`_reduce_distillation`).
+
+Three hooks differ between algorithms and are defined by each trainer: `_rewards_without_quality_reward`,
+`_log_zero_quality_reward` and `_reduce_distillation`. With `distill_coef=0` and `diversity_coef=0` none of this
+runs (no embedder, no teacher, no extra metric): the trainer is the TRL trainer on the user's `reward_funcs`.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import is_peft_model
+from trl.data_utils import is_conversational
+
+from trl_diversity.defaults import DEFAULT_MODEL_NAMES, resolve_model
+from trl_diversity.rewards.baselines import group_advantages, is_pairwise
+from trl_diversity.rewards.group import LOCAL_KWARGS, score_groups
+from trl_diversity.rewards.registry import resolve_group_reward
+from trl_diversity.trainer.divergence import chunked_token_divergence, head_rows
+from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
+from trl_diversity.trainer.logit_scale import logit_scale, text_config
+from trl_diversity.trainer.model_card import name_local_base_model
+from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
+from trl_diversity.trainer.teacher import guided_teacher_hidden_states
+from trl_diversity.trainer.teacher_model import teacher_model_is_missing
+from trl_diversity.trainer.trl_internals import (
+    create_model_from_path,
+    disable_dropout_in_model,
+    disable_gradient_checkpointing,
+    get_config_model_id,
+    prepare_deepspeed,
+    prepare_fsdp,
+    use_adapter,
+)
+from trl_diversity.trainer.validation import check_chat_template, check_distillation_inputs, check_prompt_dataset
+
+# The frozen copy of a user-supplied adapter: the teacher is the initial policy, which TRL's convention calls "ref".
+TEACHER_ADAPTER = "ref"
+
+
+@dataclass
+class MethodSetup:
+    """What `_prepare_method` learns before the TRL constructor runs, for `_finish_method` after it."""
+
+    method_on: bool
+    user_reward_funcs: list
+    initial_policy: torch.nn.Module | None  # a copy of an in-memory model, taken before training moves it
+    user_adapter_model: bool  # the user passed a PeftModel: its initial adapter is the teacher
+
+
+class DiversityCFGMixin:
+    """The method, on top of a TRL online RL trainer (put it first among the bases)."""
+
+    _config_class: type  # the config the trainer takes (DiversityCFGConfig, DiversityCFGRLOOConfig)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Construction
+
+    def _prepare_method(
+        self, model, reward_funcs, args, train_dataset, eval_dataset, peft_config, environment_factory=None
+    ):
+        """Everything before the TRL constructor: defaults, checks that need no model, the diversity term.
+
+        Returns `(model, args, setup)`."""
+        config_class = self._config_class
+        if isinstance(model, str) and model.lower() in DEFAULT_MODEL_NAMES:
+            model = resolve_model(model)  # "default": the bundled SmolLM2, as on the command line
+        if args is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = config_class(f"{name.split('/')[-1] or 'model'}-DiversityCFG")
+        elif not isinstance(args, config_class):
+            base = config_class.__mro__[2].__name__  # GRPOConfig or RLOOConfig
+            raise TypeError(
+                f"{type(self).__name__} needs a {config_class.__name__}, got {type(args).__name__}. Build one with "
+                f"the same fields: {config_class.__name__}(**your_{base.lower()}.to_dict()) plus the diversity/CFG "
+                "fields."
+            )
+        user_reward_funcs = (
+            [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+        )
+        method_on = args.distill_coef > 0 or args.diversity_coef > 0
+        if not method_on and not user_reward_funcs and environment_factory is None:
+            raise ValueError(
+                "Nothing to train on: distill_coef=0 and diversity_coef=0, and no reward_funcs were given. Set "
+                "distill_coef > 0 (CFG distillation), diversity_coef > 0 (diversity reward), or pass reward_funcs."
+            )
+        # An environment may supply the prompts; only CFG needs them non-empty (it contrasts them with the null one).
+        check_prompt = dict(require_prompt=environment_factory is None, allow_empty=args.distill_coef == 0)
+        check_prompt_dataset(train_dataset, **check_prompt)
+        evaluation_sets = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
+        for split, dataset in evaluation_sets.items():
+            check_prompt_dataset(dataset, f"eval_dataset[{split!r}]" if split else "eval_dataset", **check_prompt)
+        if args.distill_coef > 0:
+            check_distillation_inputs(
+                [train_dataset, *evaluation_sets.values()], environment_factory=environment_factory
+            )
+        if args.distill_coef > 0 and args.teacher_model is not None and teacher_model_is_missing(args.teacher_model):
+            raise ValueError(
+                f"teacher_model {args.teacher_model!r} does not exist (no such folder, and not in the local hub cache "
+                "while the hub is offline). Pass the folder of a checkpoint that shares the student's tokenizer, or "
+                "leave teacher_model unset to use the initial policy as the teacher."
+            )
+
+        # A model built in memory has no path to reload the initial policy from: copy it before training moves it.
+        initial_policy = None
+        if (
+            args.distill_coef > 0
+            and args.teacher_model is None
+            and peft_config is None
+            and not isinstance(model, str)
+            and not is_peft_model(model)
+        ):
+            initial_policy = copy.deepcopy(model)
+        user_adapter_model = peft_config is None and not isinstance(model, str) and is_peft_model(model)
+
+        # The diversity term is measured whenever the method runs, also at diversity_coef=0 (logged, to watch CFG
+        # distillation collapse diversity), and never with the method off. Resolved before any model loads, so a bad
+        # name or a missing embedder fails fast.
+        self.diversity_reward = (
+            resolve_group_reward(args.diversity_reward, args.diversity_embedder, device=args.device)
+            if method_on
+            else None
+        )
+        self.embedder = getattr(self.diversity_reward, "embedder", None)  # loaded for diversity_reward="embedding"
+        self._latest_diversity_rewards: torch.Tensor | None = None
+        return model, args, MethodSetup(method_on, user_reward_funcs, initial_policy, user_adapter_model)
+
+    def _finish_method(self, setup: MethodSetup, train_dataset) -> None:
+        """Everything after the TRL constructor: safety callbacks and the teacher."""
+        args = self.args
+        check_chat_template(train_dataset, self._tokenizer)
+        self.interrupted = False  # set when SIGINT/SIGTERM stopped the run after saving a checkpoint
+        # With the method off the guard still protects the weights, but logs no metric of its own: the logs stay
+        # the TRL trainer's.
+        self.add_callback(NonFiniteStepGuard(self, args.max_nonfinite_steps, log_metric=setup.method_on))
+        self.add_callback(SignalCheckpoint(self))
+
+        self._unconditional_ids_cache: dict[bool, list[int]] = {}
+        self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation
+        self._teacher_adapter = None  # with a user-supplied adapter: the name of its frozen copy ("ref")
+        self._frozen_teacher_head = None  # with LoRA and a trainable LM head: a frozen copy of the initial head
+        if args.distill_coef > 0:
+            self._set_up_teacher(setup.initial_policy, setup.user_adapter_model)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.is_world_process_zero():  # TRL's card says "fine-tuned version of [None]" for a local base
+            name_local_base_model(Path(self.args.output_dir) / "README.md", get_config_model_id(self.model.config))
+
+    def _send_telemetry(self):
+        # TRL pings the hub with usage telemetry when a trainer is built. This project makes no network call the
+        # user did not ask for (its default path runs with no hub at all), so the ping is off. README: "Offline".
+        return
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Teacher
+
+    def _set_up_teacher(self, initial_policy, user_adapter_model: bool):
+        args = self.args
+        if args.teacher_model is not None:
+            teacher = create_model_from_path(args.teacher_model, **self._teacher_init_kwargs())
+            self._check_teacher_vocabulary(teacher, args.teacher_model)
+        elif is_peft_model(self.model):
+            if user_adapter_model:
+                self._teacher_adapter = self._freeze_adapter_copy()
+            _check_no_softcapping(self.model)
+            self._frozen_teacher_head = self._freeze_trainable_head()
+            return  # the base model with the adapter disabled is the teacher: no second copy of the weights
+        elif self.ref_model is not None and not args.sync_ref_model:
+            # The trainer's frozen reference is the initial policy already. Not under `sync_ref_model`: the trainer then
+            # mixes the policy into its reference, and the teacher would drift toward the student.
+            self.teacher = self.ref_model
+            _check_no_softcapping(self.teacher)
+            return
+        elif initial_policy is not None:
+            teacher = initial_policy
+        else:
+            teacher = create_model_from_path(get_config_model_id(self.model.config), **self._teacher_init_kwargs())
+        _check_no_softcapping(teacher)
+        teacher.eval().requires_grad_(False)
+        if args.disable_dropout:
+            disable_dropout_in_model(teacher)
+        # Prepared like the trainer's reference model, so it is sharded the same way under DeepSpeed ZeRO-3 and FSDP.
+        if self.is_deepspeed_enabled:
+            self.teacher = prepare_deepspeed(teacher, self.accelerator)
+        elif self.is_fsdp_enabled:
+            self.teacher = prepare_fsdp(teacher, self.accelerator)
+        else:
+            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _teacher_init_kwargs(self) -> dict:
+        kwargs = dict(self.args.model_init_kwargs or {})
+        if self.args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+            kwargs["device_map"] = None
+        kwargs.setdefault("trust_remote_code", self.args.trust_remote_code)
+        kwargs.setdefault("dtype", self.model.dtype)
+        return kwargs
+
+    def _check_teacher_vocabulary(self, teacher, name: str):
+        # Under ZeRO-3 both heads are already partitioned here: `head_rows` reads their full size, not 0.
+        student_rows = head_rows(language_model(self.model).get_output_embeddings().weight)
+        teacher_rows = head_rows(teacher.get_output_embeddings().weight)
+        mismatch = student_rows != teacher_rows
+        detail = f"the student's LM head has {student_rows} rows, the teacher's {teacher_rows}"
+        try:
+            from transformers import AutoTokenizer
+
+            teacher_vocab = AutoTokenizer.from_pretrained(name).get_vocab()
+        except (OSError, ValueError):
+            teacher_vocab = None  # a checkpoint without a tokenizer: only the head sizes can be compared
+        if teacher_vocab is not None and teacher_vocab != self._tokenizer.get_vocab():
+            mismatch = True
+            detail = "their tokenizers map tokens to different ids"
+        if mismatch:
+            raise ValueError(
+                f"teacher_model {name!r} does not share the student's vocabulary ({detail}). CFG distillation compares "
+                "next-token distributions id by id: use a teacher from the same model family and tokenizer."
+            )
+
+    def _freeze_adapter_copy(self) -> str:
+        """The initial policy is base + the user's adapter: keep a frozen copy of that adapter as the teacher.
+
+        TRL names the frozen copy of the initial adapter "ref" (GRPO makes one when `beta != 0`, RLOO always); the
+        teacher is that same initial policy, so it is the same adapter under the same name, shared when TRL made it.
+        """
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if TEACHER_ADAPTER not in unwrapped.peft_config:
+            unwrapped.add_adapter(TEACHER_ADAPTER, unwrapped.peft_config["default"])
+            for name, param in unwrapped.named_parameters():
+                if f".{TEACHER_ADAPTER}." in name:
+                    param.data.copy_(unwrapped.get_parameter(name.replace(f".{TEACHER_ADAPTER}.", ".default.")).data)
+            unwrapped.set_adapter("default")
+        for name, param in unwrapped.named_parameters():
+            if f".{TEACHER_ADAPTER}." in name:
+                param.requires_grad_(False)
+        return TEACHER_ADAPTER
+
+    def _freeze_trainable_head(self) -> torch.nn.Linear | None:
+        """With LoRA, the teacher is the model with its adapter off; a head trained alongside the adapter
+        (`modules_to_save=["lm_head"]`) would still move under it. Keep a frozen copy of the initial head then."""
+        head = language_model(self.accelerator.unwrap_model(self.model)).get_output_embeddings()
+        if not any(parameter.requires_grad for parameter in head.parameters()):
+            return None
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if hasattr(weight, "ds_shape") or hasattr(weight, "full_tensor"):
+            raise ValueError(
+                "LoRA with a trainable LM head (modules_to_save or trainable tied embeddings) under DeepSpeed ZeRO-3 "
+                "or FSDP: the CFG teacher needs a frozen copy of the initial head, which a sharded head cannot give. "
+                "Leave lm_head out of modules_to_save, or train on one device or with ZeRO-2."
+            )
+        frozen = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
+        frozen = frozen.to(weight.dtype).requires_grad_(False)
+        frozen.weight.copy_(weight.detach())
+        if bias is not None:
+            frozen.bias.copy_(bias.detach())
+        return frozen
+
+    def _unconditional_ids(self, conversational: bool) -> list[int]:
+        """The null context, rendered like the prompts; never empty (falls back to BOS, else EOS)."""
+        if conversational not in self._unconditional_ids_cache:
+            null = self.args.unconditional_prompt
+            if conversational:
+                ids = self._tokenize_prompts([[{"role": "user", "content": null}]])[0][0]
+            else:
+                ids = self.processing_class(text=[null])["input_ids"][0]
+            ids = [int(i) for i in ids]
+            if not ids:
+                fallback = self._tokenizer.bos_token_id
+                ids = [fallback if fallback is not None else self._tokenizer.eos_token_id]
+            self._unconditional_ids_cache[conversational] = ids
+        return self._unconditional_ids_cache[conversational]
+
+    def _teacher_hidden_states(self, output: dict, conversational: bool) -> torch.Tensor:
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        arguments = dict(
+            prompt_ids=output["prompt_ids"],
+            prompt_mask=output["prompt_mask"],
+            completion_ids=output["completion_ids"],
+            completion_mask=output["completion_mask"],
+            unconditional_ids=self._unconditional_ids(conversational),
+            guidance_scale=self.args.guidance_scale,
+            pad_id=self._tokenizer.pad_token_id,
+            batch_size=batch_size,
+        )
+        with torch.no_grad(), self.accelerator.autocast():
+            if self.teacher is not None:
+                return guided_teacher_hidden_states(self.teacher, **arguments)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with (
+                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                use_adapter(unwrapped, adapter_name=self._teacher_adapter),
+                _in_eval_mode(self.model),  # the teacher is frozen: no dropout, as for the separate teacher
+            ):
+                return guided_teacher_hidden_states(self.model, **arguments)
+
+    def _teacher_head(self) -> torch.nn.Module:
+        if self._frozen_teacher_head is not None:
+            return self._frozen_teacher_head
+        owner = self.model if self.teacher is None else self.teacher
+        return language_model(self.accelerator.unwrap_model(owner)).get_output_embeddings()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Diversity term
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # GRPO and RLOO call this on every process together, with exactly what reward functions receive: the place to
+        # score the diversity term (its scoring gathers across processes). It is kept out of their reward columns.
+        self._latest_diversity_rewards = self._score_diversity(inputs, prompts, completions, completion_ids_list)
+        if self.reward_funcs:
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # No quality reward: the algorithm's own stand-in, without its warning that "all reward functions returned
+        # None" (there are none).
+        return self._rewards_without_quality_reward(len(prompts) * self.accelerator.num_processes)
+
+    def _score_diversity(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor | None:
+        """The diversity reward `r_i` of every completion of the global batch (`[N]`), or None when not measured."""
+        num_generations = self.num_generations if self.model.training else self.num_generations_eval
+        if self.diversity_reward is None or num_generations < 2:
+            return None  # the method is off, or (evaluation with one sample per prompt) there is nothing to compare
+        # The same per-completion columns the trainer passes its reward functions.
+        keys = [key for key in inputs[0] if key not in ("prompt", "completion", "completion_ids", *LOCAL_KWARGS)]
+        columns = {key: [example[key] for example in inputs] for key in keys}
+        columns["completion_ids"] = completion_ids_list
+        rewards = score_groups(
+            self.diversity_reward,
+            prompts,
+            completions,
+            num_generations,
+            columns,
+            extra={"trainer_state": self.state},
+            name=f"diversity_reward={self.args.diversity_reward}",
+        )
+        return torch.tensor(rewards, dtype=torch.float32)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The trainer's hooks (the same names and signatures in GRPO and RLOO)
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        if not self.reward_funcs:
+            self._log_zero_quality_reward(mode)
+        rewards = self._latest_diversity_rewards
+        if rewards is not None:
+            self._add_diversity_advantages(output, rewards, mode)
+        elif self.diversity_reward is not None:  # one sample per prompt (evaluation): nothing to compare
+            # Keeps the completions table's columns of equal length.
+            global_size = output["advantages"].shape[0] * self.accelerator.num_processes
+            self._logs["extra"]["diversity_reward"].extend([float("nan")] * global_size)
+        if self.args.distill_coef > 0:
+            output["teacher_hidden_states"] = self._teacher_hidden_states(output, is_conversational(inputs[0]))
+        return output
+
+    def _add_diversity_advantages(self, output: dict, rewards: torch.Tensor, mode: str) -> None:
+        """`diversity_coef * (r_i - b_i)` added to the algorithm's final advantages (this process's slice), and the
+        metrics."""
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        pairwise = is_pairwise(self.diversity_reward)
+        advantages = self.args.diversity_coef * group_advantages(rewards, num_generations, pairwise)
+        local_size = output["advantages"].shape[0]
+        start = self.accelerator.process_index * local_size
+        if self.args.diversity_coef > 0:
+            local = advantages[start : start + local_size].to(output["advantages"].device)
+            output["advantages"] = output["advantages"] + local
+        metrics = self._metrics[mode]
+        if pairwise:  # the group's mean reward is its mean pairwise dissimilarity: the paper's diversity
+            metrics["diversity/pairwise"].append(rewards.mean().item())
+        metrics["diversity/reward/mean"].append(rewards.mean().item())
+        metrics["diversity/reward/std"].append(rewards.std().item() if rewards.numel() > 1 else 0.0)
+        metrics["diversity/advantage_abs"].append(advantages.abs().mean().item())
+        self._logs["extra"]["diversity_reward"].extend(rewards.tolist())  # a column of the completions table
+
+    def _compute_loss(self, model, inputs):
+        if self.args.distill_coef == 0:
+            return super()._compute_loss(model, inputs)
+        # The student's hidden states come from the forward the trainer runs anyway for its log-probabilities.
+        with capture_last_hidden_state(self.accelerator.unwrap_model(model)) as captured:
+            loss = super()._compute_loss(model, inputs)
+        hidden = torch.cat(captured)
+        prompt_length = inputs["prompt_ids"].size(1)
+        completion_length = inputs["completion_ids"].size(1)
+        # Position p predicts token p + 1: the completion is predicted from positions P - 1 .. P + C - 2.
+        student_hidden = hidden[:, prompt_length - 1 : prompt_length - 1 + completion_length]
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        selected = mask.bool()
+        teacher_hidden = inputs["teacher_hidden_states"]
+        with self.accelerator.autocast():
+            divergence = chunked_token_divergence(
+                student_hidden[selected],
+                self._student_head(model),
+                teacher_hidden[selected].to(student_hidden.device),
+                self._teacher_head(),
+                kind=self.args.distill_divergence,
+                jsd_beta=self.args.distill_jsd_beta,
+                student_logit_scale=logit_scale(model),
+                teacher_logit_scale=logit_scale(self.teacher if self.teacher is not None else model),
+            )
+        per_token = torch.zeros(mask.shape, dtype=divergence.dtype, device=divergence.device)
+        per_token = per_token.masked_scatter(selected, divergence)
+        mode = "train" if self.model.training else "eval"
+        distill_loss = self._reduce_distillation(per_token, mask, inputs, mode)
+        totals = self.accelerator.reduce(
+            torch.stack([divergence.detach().sum(), selected.sum().to(divergence.dtype)]), reduction="sum"
+        )
+        self._metrics[mode]["distill/divergence"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        return loss + self.args.distill_coef * distill_loss
+
+    def _student_head(self, model) -> torch.nn.Module:
+        return language_model(self.accelerator.unwrap_model(model)).get_output_embeddings()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # What each algorithm defines (see `diversity_cfg_trainer.py`)
+
+    def _rewards_without_quality_reward(self, global_size: int) -> torch.Tensor:
+        """The reward matrix `_calculate_rewards` returns when the user passed no reward function."""
+        raise NotImplementedError
+
+    def _log_zero_quality_reward(self, mode: str) -> None:
+        """Correct the algorithm's reward metrics of the step just logged, when there is no quality reward."""
+        raise NotImplementedError
+
+    def _reduce_distillation(self, per_token: torch.Tensor, mask: torch.Tensor, inputs: dict, mode: str):
+        """The per-token divergence reduced to a scalar exactly as the algorithm reduces its policy term."""
+        raise NotImplementedError
+
+
+@contextmanager
+def _in_eval_mode(model: torch.nn.Module):
+    """Run the block with `model` in eval mode (dropout off), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _check_no_softcapping(model):
+    if getattr(text_config(model), "final_logit_softcapping", None):
+        raise ValueError(
+            "The teacher applies final-logit soft-capping, so CFG cannot be computed on its hidden states (the "
+            "capping is not linear). Use a model without `final_logit_softcapping` or set distill_coef=0."
+        )
