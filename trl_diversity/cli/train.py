@@ -35,6 +35,7 @@ from trl_diversity.cli.arguments import (
 )
 from trl_diversity.defaults import DEFAULT_JOB_LORA, DEFAULT_JOB_TRAINING, resolve_model
 from trl_diversity.errors import UserError, did_you_mean
+from trl_diversity.importing import IMPORT_PATH, import_callable
 from trl_diversity.trainer.shutdown import end_distributed_run
 
 if typing.TYPE_CHECKING:
@@ -215,6 +216,7 @@ _EARLY_FIELDS = (
     "output_dir",
     "resume_from_checkpoint",
     "overwrite_output_dir",
+    "diversity_reward",
 )
 
 
@@ -245,6 +247,9 @@ def check_values(values: dict) -> None:
     if values.get("teacher_model") is not None:  # None: the initial policy is the teacher
         check_model(values["teacher_model"], "--teacher_model", adapter=False)
     check_embedder(values.get("diversity_embedder"), "--diversity_embedder")
+    reward = values.get("diversity_reward")
+    if isinstance(reward, str) and IMPORT_PATH.match(reward):  # built-in names are checked with the config
+        import_callable(reward, "--diversity_reward", "group reward")
     dataset = values.get("dataset_name")
     if dataset is not None and not Path(dataset).exists():
         if looks_like_path(dataset) or Path(dataset).suffix in (".json", ".jsonl", ".csv", ".parquet"):
@@ -296,6 +301,7 @@ def check_arguments(script_args, training_args, model_args) -> None:
             "model_name_or_path": model_args.model_name_or_path,
             "teacher_model": training_args.teacher_model,
             "diversity_embedder": training_args.diversity_embedder,
+            "diversity_reward": training_args.diversity_reward,
             "dataset_name": script_args.dataset_name,
             "output_dir": training_args.output_dir,
             "resume_from_checkpoint": training_args.resume_from_checkpoint,
