@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -420,12 +421,16 @@ def main(argv: list[str] | None = None) -> None:
         report.measure_base(model_path)
 
     trainer = build_trainer(script_args, training_args, model_args)
-    finished = _train_and_save(trainer, training_args, model_args)
+    interrupted = _train_and_save(trainer, training_args, model_args)
     sharded = _sharded(trainer)
     # Every rank, after its last collective; not in a `finally`: after an error on one rank, its barrier would wait
     # for ranks that are elsewhere.
     end_distributed_run(trainer.accelerator)
-    if not (finished and report is not None and trainer.accelerator.is_main_process):
+    if interrupted is not None:
+        # The shell's convention for a process ended by a signal (130: SIGINT, 143: SIGTERM), so that a script or a
+        # scheduler tells an interrupted run from a finished one; the checkpoint is saved already.
+        sys.exit(interrupted)
+    if report is None or not trainer.accelerator.is_main_process:
         return
     if sharded:
         print(
@@ -441,20 +446,35 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(out / "before_after.json", json.dumps(report.rows, indent=2) + "\n")
 
 
-def _train_and_save(trainer, training_args, model_args) -> bool:
-    """Train and save the model; False if a signal interrupted training (a checkpoint was saved instead)."""
+def _train_and_save(trainer, training_args, model_args) -> int | None:
+    """Train and save the model. None when training finished; when a signal interrupted it (a checkpoint was saved
+    instead of the model), the exit status to end with: 128 + the signal's number."""
     trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
     if trainer.interrupted:
+        status = 128 + _signal_received(trainer)
         if trainer.accelerator.is_main_process:
             print(
                 f"Interrupted at step {trainer.state.global_step}; a checkpoint was saved in "
-                f"{training_args.output_dir}. Resume with the same command plus --resume_from_checkpoint true."
+                f"{training_args.output_dir}. Resume with the same command plus --resume_from_checkpoint true. "
+                f"Exiting with exit status {status}.",
+                flush=True,
             )
-        return False
+        return status
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(f"Saved the finetuned {'adapter' if model_args.use_peft else 'model'} to {training_args.output_dir}")
-    return True
+    return None
+
+
+def _signal_received(trainer) -> int:
+    """The signal that stopped training on this process; SIGTERM where another process received it (the stop is
+    shared across processes), as a launcher or scheduler stops the others."""
+    from trl_diversity.trainer.safety import SignalCheckpoint
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, SignalCheckpoint) and callback.received is not None:
+            return int(callback.received)
+    return int(signal.SIGTERM)
 
 
 def _sharded(trainer) -> bool:
