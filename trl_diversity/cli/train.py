@@ -20,11 +20,12 @@ import os
 import shutil
 import signal
 import sys
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl_diversity.atomic import write_text_atomic
+from trl_diversity.atomic import grant_umask_permissions, write_text_atomic
 from trl_diversity.cli.arguments import (
     CommandParser,
     check_embedder,
@@ -467,10 +468,12 @@ def main(argv: list[str] | None = None) -> None:
 def _train_and_save(trainer, training_args, model_args) -> int | None:
     """Train and save the model. None when training finished; when a signal interrupted it (a checkpoint was saved
     instead of the model), the exit status to end with: 128 + the signal's number."""
+    started = time.time()
     trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
     if trainer.interrupted:
         status = 128 + _signal_received(trainer)
         if trainer.accelerator.is_main_process:
+            _share_like_other_files(training_args.output_dir, started)
             print(
                 f"Interrupted at step {trainer.state.global_step}; a checkpoint was saved in "
                 f"{training_args.output_dir}. Resume with the same command plus --resume_from_checkpoint true. "
@@ -480,8 +483,15 @@ def _train_and_save(trainer, training_args, model_args) -> int | None:
         return status
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
+        _share_like_other_files(training_args.output_dir, started)
         print(f"Saved the finetuned {'adapter' if model_args.use_peft else 'model'} to {training_args.output_dir}")
     return None
+
+
+def _share_like_other_files(output_dir: str, started: float) -> None:
+    """safetensors writes its files (the model, the adapter, in checkpoints too) readable by their owner only; give
+    the files this run wrote the permissions the umask allows, like the rest of the run's files."""
+    grant_umask_permissions(output_dir, newer_than=started - 1, folders=False)
 
 
 def _signal_received(trainer) -> int:
