@@ -14,6 +14,7 @@ Public names are imported lazily, so `trl-diversity --help` or a mistyped flag a
 from __future__ import annotations
 
 import importlib
+import logging
 import warnings
 
 __version__ = "0.1.0"
@@ -29,6 +30,30 @@ warnings.filterwarnings(
     category=FutureWarning,
     module=r"transformers\.modeling_utils",
 )
+# The same rename in TrainingArguments: every `trl.GRPOConfig` warns, because GRPO's own default sets the old
+# `gradient_checkpointing` field (to True), so plain-TRL code that uses our group rewards (`as_reward_function`) warned
+# about a field its author never typed. `DiversityCFGConfig` moves the value to the new name instead.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`gradient_checkpointing(_kwargs)?` is deprecated",
+    category=FutureWarning,
+    module=r"transformers\.training_args",
+)
+
+
+class _DropDeepSpeedCpuFallback(logging.Filter):
+    """DeepSpeed, which accelerate and transformers import whenever it is installed (the test extras install it),
+    logs "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it." to stdout
+    on every machine where torch sees no GPU, whether or not DeepSpeed is used. Only that message is dropped: DeepSpeed
+    warns exactly when torch finds no CUDA device, and a run that expected one says so itself (it trains on the CPU)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU.")
+
+
+# DeepSpeed's logger is named "DeepSpeed"; a filter added before DeepSpeed configures it is kept (it only adds a
+# handler and a level).
+logging.getLogger("DeepSpeed").addFilter(_DropDeepSpeedCpuFallback())
 
 # public name -> module that defines it
 _EXPORTS = {

@@ -107,9 +107,20 @@ def default_model_path() -> Path:
     return convert_gguf_checkpoint(smollm2_gguf_path(), cache_dir() / SMOLLM2_CHECKPOINT_NAME)
 
 
-def resolve_model(name_or_path: str | None) -> str:
-    """`None` or a default alias -> the converted default checkpoint; anything else is returned unchanged."""
+def is_default_model(name_or_path: str | None) -> bool:
+    """Whether `name_or_path` means the default model: `None`, an alias (`default`), or the converted checkpoint's
+    folder on another machine (`<home>/.cache/trl_diversity/smollm2-135m-instruct`, which adapters trained before
+    they recorded `default` name as their base) when no such folder exists here."""
     if name_or_path is None or name_or_path.lower() in DEFAULT_MODEL_NAMES:
+        return True
+    path = Path(name_or_path).expanduser()
+    return path.name.lower() == SMOLLM2_CHECKPOINT_NAME and len(path.parts) > 1 and not path.exists()
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    """The default model (see `is_default_model`) -> this machine's converted default checkpoint; anything else is
+    returned unchanged."""
+    if is_default_model(name_or_path):
         return str(default_model_path())
     return name_or_path
 

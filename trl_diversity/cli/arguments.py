@@ -15,9 +15,9 @@ from pathlib import Path
 
 from trl_diversity.defaults import (
     DEFAULT_EMBEDDER_NAMES,
-    DEFAULT_MODEL_NAMES,
     default_embedder_path,
     default_model_path_if_converted,
+    is_default_model,
     smollm2_gguf_path,
 )
 from trl_diversity.errors import UserError, closest, did_you_mean
@@ -124,7 +124,7 @@ def check_model(name: str | None, flag: str, *, adapter: bool = True, base_given
     `adapter`: whether a LoRA adapter folder is expected to work here; its base model is then checked too, unless
     `base_given` (an explicit base overrides the one in the adapter's config).
     """
-    if name is None or name.lower() in DEFAULT_MODEL_NAMES:
+    if is_default_model(name):
         if default_model_path_if_converted() is None:
             smollm2_gguf_path()  # raises MissingDefaultModelError, with the install command, if the package is missing
         return
@@ -133,7 +133,7 @@ def check_model(name: str | None, flag: str, *, adapter: bool = True, base_given
     adapter_config = None if folder is None else folder / "adapter_config.json"
     if adapter and not base_given and adapter_config is not None and adapter_config.is_file():
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-        if base and base.lower() not in DEFAULT_MODEL_NAMES and looks_like_path(base) and not Path(base).is_dir():
+        if base and not is_default_model(base) and looks_like_path(base) and not Path(base).is_dir():
             raise UserError(
                 f"{flag} {name} is a LoRA adapter whose base model {base} does not exist; name its base with --base "
                 "(a folder, a hub id or `default`)."

@@ -221,19 +221,11 @@ def evaluate(argv: list[str]) -> None:
 
 
 def _check_reward(spec: str) -> None:
-    import importlib.util
-
     if ":" in spec and not spec.startswith(("/", ".")):
-        module = spec.split(":", 1)[0]
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:  # a missing parent package
-            found = False
-        if not found:
-            raise UserError(
-                f"--reward {spec}: module {module!r} is not importable; check the name, or run from the folder "
-                "that holds it (or add that folder to PYTHONPATH)."
-            )
+        from trl_diversity.importing import import_callable
+
+        # Imported now, from the working directory too, so that a mistake is one line before any model loads.
+        import_callable(spec, "--reward", "reward function")
         return
     check_model(spec, "--reward", adapter=False)
 

@@ -4,13 +4,15 @@ Runnable as `python -m trl_diversity.cli`, so `accelerate launch -m trl_diversit
 
 A mistake in what the user asked for (a `UserError`: wrong path, value, flag or recipe key) is one line on stderr
 naming the problem and the fix, with exit status 2; `--debug` before the command, or `TRL_DIVERSITY_DEBUG=1`, shows
-its traceback instead. Anything else is a bug and keeps its traceback.
+its traceback instead. Anything else is a bug and keeps its traceback. An interrupted command exits with the shell's
+status for its signal: 130 for SIGINT (Ctrl-C), 143 for SIGTERM (`train` saves a checkpoint first).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 from trl_diversity.errors import UserError, closest
@@ -66,3 +68,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"trl-diversity {command}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Ctrl-C outside training (which checkpoints and exits with 130 itself): loading, generating, evaluating.
+        if debug:
+            raise
+        print(f"trl-diversity {command}: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

@@ -18,12 +18,14 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl_diversity.atomic import write_text_atomic
+from trl_diversity.atomic import grant_umask_permissions, write_text_atomic
 from trl_diversity.cli.arguments import (
     CommandParser,
     check_embedder,
@@ -33,8 +35,15 @@ from trl_diversity.cli.arguments import (
     unknown_arguments_message,
     with_help_hint,
 )
-from trl_diversity.defaults import DEFAULT_JOB_LORA, DEFAULT_JOB_TRAINING, resolve_model
+from trl_diversity.defaults import (
+    DEFAULT_JOB_LORA,
+    DEFAULT_JOB_TRAINING,
+    DEFAULT_MODEL_NAMES,
+    is_default_model,
+    resolve_model,
+)
 from trl_diversity.errors import UserError, did_you_mean
+from trl_diversity.importing import IMPORT_PATH, import_callable
 from trl_diversity.trainer.shutdown import end_distributed_run
 
 if typing.TYPE_CHECKING:
@@ -188,18 +197,36 @@ def parse(argv: list[str]):
         for key in read_recipe(recipe):
             if key not in fields and key != "env":
                 raise UserError(f"recipe {recipe}: unknown key `{key}`{did_you_mean(key, fields)}")
-    if not torch.cuda.is_available() and "--use_cpu" not in flags:
-        parser.set_defaults_with_config(use_cpu=True, bf16=False)
+    if not torch.cuda.is_available():
+        # float32 on a CPU: GRPO's default bf16 would need a GPU (or, with use_cpu, run several times slower).
+        use_cpu_given = bool({"--use_cpu", "--use-cpu"} & {flag.split("=", 1)[0] for flag in flags})
+        parser.set_defaults_with_config(bf16=False, **({} if use_cpu_given else {"use_cpu": True}))
     # Unknown flags first: a typo means the value the user meant was not applied, which may explain other errors.
     unknown = find_unknown_flags(flags, parser._option_string_actions) or parser.parse_known_args(flags)[1]
     if unknown:
         parser.error(unknown_arguments_message(unknown, parser._option_string_actions))
     try:
-        return parser.parse_args_and_config([*(["--config", recipe] if recipe else []), *flags])
+        script_args, training_args, model_args = parser.parse_args_and_config(
+            [*(["--config", recipe] if recipe else []), *flags]
+        )
     except UserError:
         raise
     except ValueError as error:  # the config's checks (ours, GRPO's, TrainingArguments'): all about the arguments
         raise UserError(str(error)) from error
+    check_precision(training_args, gpu=torch.cuda.is_available())
+    return script_args, training_args, model_args
+
+
+def check_precision(training_args, gpu: bool) -> None:
+    """Refuse bf16 on a CPU: torch accepts it there, but a step takes several times as long as in float32 (one step
+    of the default job was reported at 147 s, against about 18 s in float32 on 2 cores), with no word of why."""
+    if not (training_args.bf16 and training_args.use_cpu):
+        return
+    where = "this machine has no GPU" if not gpu else "--use_cpu puts training on the CPU"
+    raise UserError(
+        f"--bf16 true: {where}, and bf16 on a CPU trains several times slower than float32. Drop --bf16 (or pass "
+        "--bf16 false, which also overrides a recipe's `bf16: true`) to train in float32."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -215,6 +242,7 @@ _EARLY_FIELDS = (
     "output_dir",
     "resume_from_checkpoint",
     "overwrite_output_dir",
+    "diversity_reward",
 )
 
 
@@ -245,6 +273,9 @@ def check_values(values: dict) -> None:
     if values.get("teacher_model") is not None:  # None: the initial policy is the teacher
         check_model(values["teacher_model"], "--teacher_model", adapter=False)
     check_embedder(values.get("diversity_embedder"), "--diversity_embedder")
+    reward = values.get("diversity_reward")
+    if isinstance(reward, str) and IMPORT_PATH.match(reward):  # built-in names are checked with the config
+        import_callable(reward, "--diversity_reward", "group reward")
     dataset = values.get("dataset_name")
     if dataset is not None and not Path(dataset).exists():
         if looks_like_path(dataset) or Path(dataset).suffix in (".json", ".jsonl", ".csv", ".parquet"):
@@ -296,6 +327,7 @@ def check_arguments(script_args, training_args, model_args) -> None:
             "model_name_or_path": model_args.model_name_or_path,
             "teacher_model": training_args.teacher_model,
             "diversity_embedder": training_args.diversity_embedder,
+            "diversity_reward": training_args.diversity_reward,
             "dataset_name": script_args.dataset_name,
             "output_dir": training_args.output_dir,
             "resume_from_checkpoint": training_args.resume_from_checkpoint,
@@ -362,13 +394,24 @@ def build_trainer(script_args: TrainScriptArguments, training_args: DiversityCFG
         **({"revision": model_args.model_revision} if model_args.model_revision != "main" else {}),
     }
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-    return DiversityCFGTrainer(
+    trainer = DiversityCFGTrainer(
         model=model_path,
         args=training_args,
         train_dataset=load_train_dataset(script_args),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    if is_default_model(model_args.model_name_or_path):
+        record_portable_base(trainer.accelerator.unwrap_model(trainer.model))
+    return trainer
+
+
+def record_portable_base(model) -> None:
+    """Make the adapters of the default model name their base `default` rather than this machine's cache folder
+    (`~/.cache/trl_diversity/...`), so that an adapter copied to another machine finds its base there too: the
+    loaders (`generate`, `evaluate`, `merge`, `sweep`, `dial`) resolve `default` to that machine's copy."""
+    for config in getattr(model, "peft_config", {}).values():
+        config.base_model_name_or_path = DEFAULT_MODEL_NAMES[0]
 
 
 def load_checked_dataset(script_args: TrainScriptArguments):
@@ -414,12 +457,16 @@ def main(argv: list[str] | None = None) -> None:
         report.measure_base(model_path)
 
     trainer = build_trainer(script_args, training_args, model_args)
-    finished = _train_and_save(trainer, training_args, model_args)
+    interrupted = _train_and_save(trainer, training_args, model_args)
     sharded = _sharded(trainer)
     # Every rank, after its last collective; not in a `finally`: after an error on one rank, its barrier would wait
     # for ranks that are elsewhere.
     end_distributed_run(trainer.accelerator)
-    if not (finished and report is not None and trainer.accelerator.is_main_process):
+    if interrupted is not None:
+        # The shell's convention for a process ended by a signal (130: SIGINT, 143: SIGTERM), so that a script or a
+        # scheduler tells an interrupted run from a finished one; the checkpoint is saved already.
+        sys.exit(interrupted)
+    if report is None or not trainer.accelerator.is_main_process:
         return
     if sharded:
         print(
@@ -435,20 +482,44 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(out / "before_after.json", json.dumps(report.rows, indent=2) + "\n")
 
 
-def _train_and_save(trainer, training_args, model_args) -> bool:
-    """Train and save the model; False if a signal interrupted training (a checkpoint was saved instead)."""
+def _train_and_save(trainer, training_args, model_args) -> int | None:
+    """Train and save the model. None when training finished; when a signal interrupted it (a checkpoint was saved
+    instead of the model), the exit status to end with: 128 + the signal's number."""
+    started = time.time()
     trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
     if trainer.interrupted:
+        status = 128 + _signal_received(trainer)
         if trainer.accelerator.is_main_process:
+            _share_like_other_files(training_args.output_dir, started)
             print(
                 f"Interrupted at step {trainer.state.global_step}; a checkpoint was saved in "
-                f"{training_args.output_dir}. Resume with the same command plus --resume_from_checkpoint true."
+                f"{training_args.output_dir}. Resume with the same command plus --resume_from_checkpoint true. "
+                f"Exiting with exit status {status}.",
+                flush=True,
             )
-        return False
+        return status
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
+        _share_like_other_files(training_args.output_dir, started)
         print(f"Saved the finetuned {'adapter' if model_args.use_peft else 'model'} to {training_args.output_dir}")
-    return True
+    return None
+
+
+def _share_like_other_files(output_dir: str, started: float) -> None:
+    """safetensors writes its files (the model, the adapter, in checkpoints too) readable by their owner only; give
+    the files this run wrote the permissions the umask allows, like the rest of the run's files."""
+    grant_umask_permissions(output_dir, newer_than=started - 1, folders=False)
+
+
+def _signal_received(trainer) -> int:
+    """The signal that stopped training on this process; SIGTERM where another process received it (the stop is
+    shared across processes), as a launcher or scheduler stops the others."""
+    from trl_diversity.trainer.safety import SignalCheckpoint
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, SignalCheckpoint) and callback.received is not None:
+            return int(callback.received)
+    return int(signal.SIGTERM)
 
 
 def _sharded(trainer) -> bool:

@@ -8,19 +8,17 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import re
+from trl_diversity.errors import UserError
+from trl_diversity.importing import IMPORT_PATH, import_callable
 
 BUILTIN_GROUP_REWARDS = ("embedding", "lexical", "partition")
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def check_group_reward_name(spec: str, field: str = "diversity_reward") -> None:
     """Reject a malformed name without importing anything (configs are checked before any model loads)."""
-    if spec in BUILTIN_GROUP_REWARDS or (isinstance(spec, str) and _IMPORT_PATH.match(spec)):
+    if spec in BUILTIN_GROUP_REWARDS or (isinstance(spec, str) and IMPORT_PATH.match(spec)):
         return
-    raise ValueError(
+    raise UserError(
         f"Unknown {field} {spec!r}. Choose a built-in ({', '.join(BUILTIN_GROUP_REWARDS)}) or give your own group "
         "reward as 'module:function' (importable from the working directory or the Python path)."
     )
@@ -46,23 +44,4 @@ def resolve_group_reward(spec: str, embedder: str | None = None, device=None, fi
 
 
 def _import_group_reward(spec: str, field: str):
-    module_name, attribute = spec.split(":")
-    try:
-        value = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(
-            f"{field} {spec!r}: cannot import module {module_name!r} ({error}). Check the name, and that its folder "
-            "is the working directory or on PYTHONPATH."
-        ) from error
-    for part in attribute.split("."):
-        if not hasattr(value, part):
-            raise ValueError(f"{field} {spec!r}: module {module_name!r} has no attribute {attribute!r}.")
-        value = getattr(value, part)
-    if inspect.isclass(value):
-        raise ValueError(
-            f"{field} {spec!r} is a class. Point to a function, or to an instance made at module level "
-            f"(e.g. `MY_REWARD = {value.__name__}(...)`)."
-        )
-    if not callable(value):
-        raise ValueError(f"{field} {spec!r} is a {type(value).__name__}, not a callable group reward.")
-    return value
+    return import_callable(spec, field, "group reward")

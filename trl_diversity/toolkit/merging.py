@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from trl_diversity.atomic import atomic_folder
-from trl_diversity.defaults import resolve_model
+from trl_diversity.defaults import DEFAULT_MODEL_NAMES, is_default_model, resolve_model
 from trl_diversity.errors import UserError
 
 # Config keys that may differ between two finetunes of the same architecture.
@@ -183,6 +183,9 @@ def _merge_adapters(a: Path, b: Path, weight: float, staging: Path, base: str | 
 
     config_a, config_b = _adapter_config(a), _adapter_config(b)
     if base is None:
+        base_a, base_b = config_a.get("base_model_name_or_path"), config_b.get("base_model_name_or_path")
+        if is_default_model(base_a) and is_default_model(base_b):  # `default`, or its cache folder on some machine
+            config_a["base_model_name_or_path"] = config_b["base_model_name_or_path"] = DEFAULT_MODEL_NAMES[0]
         if config_a.get("base_model_name_or_path") != config_b.get("base_model_name_or_path"):
             raise MergeError(
                 f"The adapters were trained on different bases ({config_a.get('base_model_name_or_path')!r} vs "
