@@ -80,6 +80,8 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert trainer.args.learning_rate == 2e-4 and trainer.args.bf16 is False
+    # It saves what `generate --model out` loads, as the command line does (not only out/checkpoint-*).
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
 
 
 def test_model_card_names_the_bundled_base(tmp_path, monkeypatch):

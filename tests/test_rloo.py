@@ -221,3 +221,54 @@ def test_an_iterable_dataset_trains(tiny_checkpoint, tmp_path):
     )
     trainer.train()
     assert len(logged(trainer, "diversity/reward/mean")) == 2
+
+
+# The command line: `--algorithm rloo` (or a recipe's `algorithm: rloo`), and the other algorithm's options refused.
+
+
+def test_train_with_algorithm_rloo_trains_the_default_job_shape_with_rloo(tiny_checkpoint, tmp_path, monkeypatch):
+    from trl_diversity import cli
+
+    built = []
+    monkeypatch.setattr(DiversityCFGRLOOTrainer, "train", lambda self, **kwargs: built.append(self) or orig(self))
+    orig = RLOOTrainer.train
+    out = tmp_path / "run"
+    cli.main(
+        ["train", "--algorithm", "rloo", "--model_name_or_path", tiny_checkpoint, "--output_dir", str(out)]
+        + ["--max_steps", "1", "--per_device_train_batch_size", "4", "--max_completion_length", "8"]
+        + ["--lora_target_modules", "q_proj", "v_proj", "--report_prompts", "0"]
+    )
+    assert len(built) == 1 and isinstance(built[0], DiversityCFGRLOOTrainer)
+    assert (out / "adapter_config.json").is_file()  # the default job's LoRA adapter
+    assert "kl" in built[0].state.log_history[0] and "distill/divergence" in built[0].state.log_history[0]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--algorithm", "rloo", "--loss_type", "dapo"], "--loss_type is a GRPO option"),
+        (["--algorithm", "rloo", "--scale_rewards", "group"], "--scale_rewards is a GRPO option"),
+        (["--normalize_advantages", "true"], "--normalize_advantages is an RLOO option"),
+        (["--algorithm", "ppo"], "invalid choice 'ppo'"),
+    ],
+)
+def test_the_other_algorithms_options_are_refused_in_one_line(flags, message, tmp_path):
+    from trl_diversity.cli.train import parse
+    from trl_diversity.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        parse([*flags, "--output_dir", str(tmp_path / "out")])
+
+
+def test_a_recipe_chooses_the_algorithm_and_its_options_are_checked(tmp_path):
+    from trl_diversity.cli.train import parse
+    from trl_diversity.errors import UserError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("algorithm: rloo\nnormalize_advantages: true\nbeta: 0.1\n")
+    script_args, config, _ = parse([str(recipe), "--output_dir", str(tmp_path / "out")])
+    assert script_args.algorithm == "rloo" and isinstance(config, DiversityCFGRLOOConfig)
+    assert config.normalize_advantages and config.beta == 0.1
+    recipe.write_text("algorithm: rloo\nloss_type: dapo\n")
+    with pytest.raises(UserError, match="key `loss_type` is a GRPO option"):
+        parse([str(recipe)])

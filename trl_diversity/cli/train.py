@@ -60,16 +60,32 @@ DEFAULT_JOB = {
 }
 USAGE = "trl-diversity train [recipe.yaml] [--flag value ...]"
 DESCRIPTION = (
-    "Finetune with diversity-rewarded CFG distillation. A recipe's keys set the defaults and flags override them; "
-    "with no recipe, the defaults below are the default job's. The method's options come first, then the data, the "
-    "model and LoRA (TRL's ModelConfig), then GRPO's and transformers' training options."
+    "Finetune with diversity-rewarded CFG distillation, on TRL's GRPO (the default) or RLOO (`--algorithm rloo`). A "
+    "recipe's keys set the defaults and flags override them; with no recipe, the defaults below are the default "
+    "job's. The method's options come first, then the data, the model and LoRA (TRL's ModelConfig), then the "
+    "algorithm's and transformers' training options (`--algorithm rloo --help` lists RLOO's)."
 )
+# The TRL algorithm each `--algorithm` trains with: its config and trainer, by module and name (imported on use).
+ALGORITHMS = {
+    "grpo": ("DiversityCFGConfig", "DiversityCFGTrainer", "GRPO", "GRPOConfig"),
+    "rloo": ("DiversityCFGRLOOConfig", "DiversityCFGRLOOTrainer", "RLOO", "RLOOConfig"),
+}
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
 class TrainScriptArguments:
     """What to train on and how to report; the model and training fields live in ModelConfig and the config."""
+
+    algorithm: str = field(
+        default="grpo",
+        metadata={
+            "help": "TRL's online RL algorithm under the method: 'grpo' (GRPOTrainer: group-normalised advantages, "
+            "KL as a loss term, beta=0 by default) or 'rloo' (RLOOTrainer: leave-one-out baselines, KL as a reward "
+            "penalty, beta=0.05 by default). Options of the other algorithm are refused.",
+            "choices": list(ALGORITHMS),
+        },
+    )
 
     dataset_name: str | None = field(
         default=None,
@@ -104,11 +120,20 @@ class TrainScriptArguments:
     )
 
 
-def _parser():
+def config_class(algorithm: str):
+    from trl_diversity.trainer import diversity_cfg_config
+
+    return getattr(diversity_cfg_config, ALGORITHMS[algorithm][0])
+
+
+def _parser(algorithm: str = "grpo"):
     """The train parser, built on first use: `TrlParser` and the config behind it import torch and transformers."""
     from trl import ModelConfig, TrlParser
 
-    from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig, method_field_names
+    from trl_diversity.trainer.diversity_cfg_config import method_field_names
+
+    config = config_class(algorithm)
+    trl_name, trl_config = ALGORITHMS[algorithm][2:]
 
     class Parser(TrlParser):
         """TrlParser whose errors are one-line `UserError`s and whose help groups the options by origin, the
@@ -124,14 +149,12 @@ def _parser():
         def _add_dataclass_arguments(self, dtype):
             if not hasattr(self, "_groups"):
                 self._groups = {
-                    "method": self.add_argument_group(
-                        "diversity-rewarded CFG distillation (DiversityCFGConfig's own fields)"
-                    ),
-                    TrainScriptArguments: self.add_argument_group("data and the before/after report"),
+                    "method": self.add_argument_group("diversity-rewarded CFG distillation (the method's own fields)"),
+                    TrainScriptArguments: self.add_argument_group("algorithm, data and the before/after report"),
                     ModelConfig: self.add_argument_group("model and LoRA (TRL's ModelConfig)"),
-                    DiversityCFGConfig: self.add_argument_group(
-                        "GRPO and training (GRPOConfig and transformers' TrainingArguments; GRPO's defaults unless "
-                        "the default job or a recipe sets them)"
+                    config: self.add_argument_group(
+                        f"{trl_name} and training ({trl_config} and transformers' TrainingArguments; {trl_name}'s "
+                        "defaults unless the default job or a recipe sets them)"
                     ),
                 }
             own_fields = set(method_field_names())  # the method's fields (DiversityCFGFields), not TRL's
@@ -140,11 +163,11 @@ def _parser():
                 if not item.init:
                     continue
                 item.type = hints[item.name]
-                group = self._groups["method" if dtype is DiversityCFGConfig and item.name in own_fields else dtype]
+                group = self._groups["method" if dtype is config and item.name in own_fields else dtype]
                 self._parse_dataclass_field(group, item)
 
     return Parser(
-        (TrainScriptArguments, DiversityCFGConfig, ModelConfig),
+        (TrainScriptArguments, config, ModelConfig),
         allow_abbrev=False,  # see find_unknown_flags
         prog="trl-diversity train",
         usage=USAGE,
@@ -189,12 +212,15 @@ def parse(argv: list[str]):
     import torch
 
     recipe, flags = split_recipe(list(argv))
-    parser = _parser()
+    recipe_keys = list(read_recipe(recipe)) if recipe is not None else []
+    algorithm = chosen_algorithm(flags, read_recipe(recipe) if recipe is not None else {})
+    check_algorithm_options(algorithm, flags, recipe_keys, recipe)
+    parser = _parser(algorithm)
     if recipe is None:
         parser.set_defaults_with_config(**DEFAULT_JOB)
     else:
         fields = {action.dest for action in parser._actions} - {"help"}
-        for key in read_recipe(recipe):
+        for key in recipe_keys:
             if key not in fields and key != "env":
                 raise UserError(f"recipe {recipe}: unknown key `{key}`{did_you_mean(key, fields)}")
     if not torch.cuda.is_available():
@@ -215,6 +241,51 @@ def parse(argv: list[str]):
         raise UserError(str(error)) from error
     check_precision(training_args, gpu=torch.cuda.is_available())
     return script_args, training_args, model_args
+
+
+def chosen_algorithm(flags: list[str], recipe: dict) -> str:
+    """`--algorithm` from the flags, else the recipe's `algorithm` key, else GRPO."""
+    algorithm = recipe.get("algorithm", "grpo")
+    for index, flag in enumerate(flags):
+        if flag == "--algorithm" and index + 1 < len(flags):
+            algorithm = flags[index + 1]
+        elif flag.startswith("--algorithm="):
+            algorithm = flag.split("=", 1)[1]
+    if algorithm not in ALGORITHMS:
+        raise UserError(
+            f"argument --algorithm: invalid choice {algorithm!r} (choose from {', '.join(ALGORITHMS)})"
+            f"{did_you_mean(str(algorithm), list(ALGORITHMS))}"
+        )
+    return algorithm
+
+
+def algorithm_only_fields() -> dict[str, set[str]]:
+    """Per algorithm, the config fields the other algorithm's config lacks (from TRL's own dataclasses)."""
+    configs = {name: {f.name for f in dataclasses.fields(config_class(name))} for name in ALGORITHMS}
+    return {
+        name: fields - set.union(*(other for key, other in configs.items() if key != name))
+        for name, fields in configs.items()
+    }
+
+
+def check_algorithm_options(algorithm: str, flags: list[str], recipe_keys: list[str], recipe: str | None) -> None:
+    """An option of the other algorithm (`--loss_type` under RLOO, `--normalize_advantages` under GRPO) is refused in
+    one line, rather than reported as an unknown flag."""
+    given = [
+        (flag.split("=", 1)[0][2:].replace("-", "_"), flag.split("=", 1)[0]) for flag in flags if flag.startswith("--")
+    ]
+    given += [(key, f"recipe {recipe}: key `{key}`") for key in recipe_keys]
+    for other, fields in algorithm_only_fields().items():
+        if other == algorithm:
+            continue
+        for name, shown in given:
+            if name in fields:
+                trl_name = ALGORITHMS[other][2]
+                article = "an" if trl_name == "RLOO" else "a"  # "an R...", "a G..."
+                raise UserError(
+                    f"{shown} is {article} {trl_name} option, and --algorithm {algorithm} trains with "
+                    f"{ALGORITHMS[algorithm][2]}: drop it, or train with --algorithm {other}."
+                )
 
 
 def check_precision(training_args, gpu: bool) -> None:
@@ -384,8 +455,9 @@ def build_trainer(script_args: TrainScriptArguments, training_args: DiversityCFG
     from transformers import AutoTokenizer
     from trl import get_peft_config
 
-    from trl_diversity.trainer.diversity_cfg_trainer import DiversityCFGTrainer
+    from trl_diversity.trainer import diversity_cfg_trainer
 
+    trainer_class = getattr(diversity_cfg_trainer, ALGORITHMS[script_args.algorithm][1])
     model_path = resolve_model(model_args.model_name_or_path)
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
@@ -394,7 +466,7 @@ def build_trainer(script_args: TrainScriptArguments, training_args: DiversityCFG
         **({"revision": model_args.model_revision} if model_args.model_revision != "main" else {}),
     }
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-    trainer = DiversityCFGTrainer(
+    trainer = trainer_class(
         model=model_path,
         args=training_args,
         train_dataset=load_train_dataset(script_args),
