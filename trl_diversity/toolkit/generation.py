@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,7 +138,6 @@ def config_record(config: GenerationConfig) -> dict:
     return {k: v for k, v in config.to_diff_dict().items() if k != "transformers_version"}
 
 
-@torch.no_grad()
 def generate_batches(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -150,51 +150,56 @@ def generate_batches(
     """Yield each batch's records (one per completion, a prompt's `k` together), from batch `first_batch` on."""
     size, k = sampling.prompts_per_batch, sampling.num_samples
     config = sampling_config(model, tokenizer, sampling)
-    eos_ids = set(config.eos_token_id)
-    template = sampling.chat_template_kwargs
-    cfg = sampling.guidance_scale != 1.0
-    null_ids = unconditional_ids(tokenizer, sampling.null_prompt, sampling.chat, template) if cfg else None
-    device = next(model.parameters()).device
     done = min(first_batch * size, len(prompts))
     bar = tqdm(total=len(prompts) * k, initial=done * k, desc=label, unit="sample", disable=not progress)
-    for start in range(done, len(prompts), size):
-        if sampling.seed is not None:
-            torch.manual_seed(batch_seed(sampling.seed, start // size))
-        batch_prompts = prompts[start : start + size]
-        rows = [render_prompt(tokenizer, p, sampling.chat, template) for p in batch_prompts for _ in range(k)]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[config.pad_token_id] * (width - len(r)) + r for r in rows], device=device)  # left pad
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        extra = (
-            {} if null_ids is None else {"negative_prompt_ids": torch.tensor([null_ids] * len(rows), device=device)}
-        )
-        started = time.perf_counter()
-        output = _generate(model, config, input_ids=ids, attention_mask=mask, **extra)
-        seconds = time.perf_counter() - started
-        completions = [_strip(row.tolist(), eos_ids) for row in output[:, width:]]
-        total_tokens = max(sum(len(c) for c in completions), 1)
-        yield [
-            {
-                "model": label,
-                "prompt": batch_prompts[i // k],
-                "prompt_index": start + i // k,
-                "sample": i % k,
-                "completion": tokenizer.decode(completion_ids, skip_special_tokens=True),
-                "completion_ids": completion_ids,
-                "guidance_scale": sampling.guidance_scale,
-                "temperature": sampling.temperature,
-                "top_p": sampling.top_p,
-                "top_k": sampling.top_k,
-                "repetition_penalty": sampling.repetition_penalty,
-                "max_new_tokens": sampling.max_new_tokens,
-                "forward_passes_per_token": 2 if cfg else 1,
-                # the batch's time, shared out by token count
-                "seconds": seconds * len(completion_ids) / total_tokens,
-            }
-            for i, completion_ids in enumerate(completions)
-        ]
-        bar.update(len(rows))
-    bar.close()
+    try:
+        for start in range(done, len(prompts), size):
+            if sampling.seed is not None:
+                torch.manual_seed(batch_seed(sampling.seed, start // size))
+            yield _sample_batch(model, tokenizer, config, prompts[start : start + size], start, sampling, label)
+            bar.update(len(prompts[start : start + size]) * k)
+    finally:
+        bar.close()
+
+
+@torch.no_grad()
+def _sample_batch(
+    model, tokenizer, config: GenerationConfig, prompts: list[str], start: int, sampling: Sampling, label: str
+):
+    k, template, cfg = sampling.num_samples, sampling.chat_template_kwargs, sampling.guidance_scale != 1.0
+    rows = [render_prompt(tokenizer, p, sampling.chat, template) for p in prompts for _ in range(k)]
+    width = max(len(r) for r in rows)
+    device = next(model.parameters()).device
+    ids = torch.tensor([[config.pad_token_id] * (width - len(r)) + r for r in rows], device=device)  # left padding
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    extra = {}
+    if cfg:
+        null_ids = unconditional_ids(tokenizer, sampling.null_prompt, sampling.chat, template)
+        extra["negative_prompt_ids"] = torch.tensor([null_ids] * len(rows), device=device)
+    started = time.perf_counter()
+    output = _generate(model, config, input_ids=ids, attention_mask=mask, **extra)
+    seconds = time.perf_counter() - started
+    completions = [_strip(row.tolist(), set(config.eos_token_id)) for row in output[:, width:]]
+    total_tokens = max(sum(len(c) for c in completions), 1)
+    return [
+        {
+            "model": label,
+            "prompt": prompts[i // k],
+            "prompt_index": start + i // k,
+            "sample": i % k,
+            "completion": tokenizer.decode(completion_ids, skip_special_tokens=True),
+            "completion_ids": completion_ids,
+            "guidance_scale": sampling.guidance_scale,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "repetition_penalty": sampling.repetition_penalty,
+            "max_new_tokens": sampling.max_new_tokens,
+            "forward_passes_per_token": 2 if cfg else 1,
+            "seconds": seconds * len(completion_ids) / total_tokens,  # the batch's time, shared out by token count
+        }
+        for i, completion_ids in enumerate(completions)
+    ]
 
 
 def generate_records(
@@ -319,7 +324,7 @@ def write_generations(
             header = {**wanted, "generation_config": config_record(sampling_config(model, tokenizer, sampling))}
             write_text_atomic(partial, json.dumps(header) + "\n")
         batches = generate_batches(model, tokenizer, prompts, sampling, label, first_batch=done, progress=progress)
-        with partial.open("a") as f:
+        with partial.open("a") as f, closing(batches):
             try:
                 for batch in batches:
                     f.write("".join(json.dumps(record) + "\n" for record in batch))
