@@ -35,7 +35,7 @@ from trl_diversity.errors import UserError
 
 FORMAT = "trl-diversity-generations"  # the "format" of a file's header line
 FORMAT_VERSION = 2  # 1: no header, one run-wide seed; 2: a header line, one seed per batch of prompts
-SEEDING = "torch.manual_seed(batch_seed(seed, b)) before batch b, which holds prompts b*P .. b*P+P-1"
+SEEDING = "torch.manual_seed(batch_seed(seed, b)) before batch b (prompts b*P to b*P+P-1); batch_seed(seed, 0) = seed"
 
 
 @dataclass
@@ -104,7 +104,10 @@ def load_generation_model(path: str, base: str | None = None, device: str | None
 
 
 def batch_seed(seed: int, batch: int) -> int:
-    """The seed of batch `batch` of a run seeded with `seed`: a hash of both, so runs with nearby seeds share none."""
+    """The seed of batch `batch` of a run seeded with `seed`: `seed` itself for the first batch (a run of one batch
+    samples as a run-wide seed did), then a hash of both, so that runs with nearby seeds share no batch."""
+    if batch == 0:
+        return seed
     digest = hashlib.sha256(f"trl-diversity:{seed}:{batch}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
