@@ -2,6 +2,7 @@
 unless asked to keep what they share, and labels tokens / s as load-dependent."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,12 @@ def test_align_records_refuses_other_k_in_python_too(tmp_path):
     assert len(align_records(a + b, truncate_k=True)) == 2 * 3 * 3
     aligned = align_records(list(reversed(a)))  # one model: its prompts in first-seen order, each group in order
     assert [(r["prompt_index"], r["sample"]) for r in aligned] == [(p, s) for p in (2, 1, 0) for s in range(4)]
+
+
+def test_a_file_cut_short_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "cut.jsonl.partial"
+    path.write_text(Path(_fake_generations(tmp_path / "a.jsonl", "a", 2, 2)).read_text() + '{"model": "a", "pro')
+    message = _refusal(
+        capsys, ["evaluate", str(path), "--fluency_model", "none", "--output", str(tmp_path / "e.json")]
+    )
+    assert "line 5, is not JSON" in message

@@ -91,6 +91,7 @@ def test_an_interrupted_generate_resumes_to_the_same_file(
     assert "complete" in capsys.readouterr().out and len(sampled) == 2
 
 
+@pytest.mark.slow
 def test_a_killed_generate_resumes_to_the_same_file(tiny_checkpoint, tmp_path):
     """SIGKILL (no handler runs) once the first batch is on disk, a torn line after it; then resume."""
     prompts = tmp_path / "prompts.txt"

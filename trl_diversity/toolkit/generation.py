@@ -363,8 +363,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def _lines(path: str | Path) -> list[dict]:
+    lines = []
     with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                raise UserError(
+                    f"{path}, line {number}, is not JSON (a file cut short?): pass a file written by "
+                    "`trl-diversity generate`; an unfinished <output>.partial resumes with the command that wrote it."
+                ) from None
+    return lines
 
 
 def _first_line(path: Path) -> dict | None:
