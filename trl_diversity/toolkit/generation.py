@@ -296,6 +296,8 @@ def write_generations(
     file the same as an uninterrupted one, the `seconds` of each record aside. `load_model()` returns the model and
     tokenizer; it is called only when there is something to sample.
     """
+    if not prompts:
+        raise UserError("There are no prompts to sample: check --prompts (an empty file?) and --num_prompts.")
     path, partial = Path(path), partial_path(path)
     wanted = generation_header(label, prompts, sampling, source)
     size = sampling.prompts_per_batch
