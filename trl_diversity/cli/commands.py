@@ -178,8 +178,8 @@ def generate(argv: list[str]) -> None:
     parser = CommandParser(
         prog="trl-diversity generate",
         description="Sample k completions per prompt into a JSONL file, a batch of prompts at a time: an interrupted "
-        "run leaves <output>.partial, and the same command resumes it (seeds are per batch, so the result is the "
-        "same as an uninterrupted run's).",
+        "run leaves <output>.partial, and the same command resumes it (from the random generator's state after the "
+        "last whole batch, so the result is the same as an uninterrupted run's).",
     )
     parser.add_argument(
         "--model", default="default", help="checkpoint folder, LoRA adapter folder, hub id or 'default'"

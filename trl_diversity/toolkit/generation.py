@@ -6,16 +6,26 @@ teacher uses, followed by the tokens sampled so far. That costs two forward pass
 
 Sampling is explicit: every setting comes from `Sampling` (through `sampling_config`), none from the checkpoint's
 `generation_config.json` (a Qwen2.5-Instruct checkpoint, say, ships `repetition_penalty`, `top_k`, `top_p` and
-`temperature`), which gives only its end-of-sequence tokens. Each batch of `prompts_per_batch` prompts is seeded on
-its own (`batch_seed(seed, batch index)`), so a prompt's samples do not depend on where a run started or resumed.
+`temperature`), which gives only its end-of-sequence tokens. A run is seeded once, `torch.manual_seed(seed)` before
+its first batch of `prompts_per_batch` prompts, and its batches then draw from torch's random number generator in
+order (as the toolkit always has, so a seed gives the samples it gave before resumable files existed).
 
 `write_generations` writes a JSONL file a batch of prompts' groups at a time, and resumes an interrupted run from
-what is on disk: the file grows as `<output>.partial` (a header line with the settings, then one line per sample)
-and is renamed to `<output>` once complete, so a crash never leaves a half-written `<output>`.
+what is on disk: the file grows as `<output>.partial` and becomes `<output>` once complete, so a crash never leaves a
+half-written `<output>`. The `.partial` holds a header line with the settings, then for each batch its records (one
+line per sample) followed by one marker line with the generator state the next batch starts from:
+
+    {"after_batch": b, "rng_state": {"cpu": <base64 of torch.get_rng_state()>,
+                                     "cuda": [<base64 of each device's state, torch.cuda.get_rng_state_all()>]}}
+
+("cuda" only when CUDA was in use). A batch is on disk once its marker is; a resumed run keeps the whole batches,
+restores the last marker's state and samples on from there, so it draws exactly what an uninterrupted run would have.
+The markers are left out of `<output>`, which holds the header line and the records only.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -34,8 +44,13 @@ from trl_diversity.defaults import resolve_model
 from trl_diversity.errors import UserError
 
 FORMAT = "trl-diversity-generations"  # the "format" of a file's header line
-FORMAT_VERSION = 2  # 1: no header, one run-wide seed; 2: a header line, one seed per batch of prompts
-SEEDING = "torch.manual_seed(batch_seed(seed, b)) before batch b (prompts b*P to b*P+P-1); batch_seed(seed, 0) = seed"
+# 1: no header; 2: a header line, one seed per batch of prompts; 3: a header line, one seed per run (the samples of 1)
+# and, in the .partial, the generator state after each batch
+FORMAT_VERSION = 3
+SEEDING = (
+    "torch.manual_seed(seed) once, then the batches (prompts b*P to b*P+P-1) in order; "
+    "a resumed run restores the generator state recorded after its last whole batch"
+)
 
 
 @dataclass
@@ -103,15 +118,6 @@ def load_generation_model(path: str, base: str | None = None, device: str | None
     return model.to(device).eval(), tokenizer
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    """The seed of batch `batch` of a run seeded with `seed`: `seed` itself for the first batch (a run of one batch
-    samples as a run-wide seed did), then a hash of both, so that runs with nearby seeds share no batch."""
-    if batch == 0:
-        return seed
-    digest = hashlib.sha256(f"trl-diversity:{seed}:{batch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def sampling_config(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sampling: Sampling
 ) -> GenerationConfig:
@@ -149,20 +155,55 @@ def generate_batches(
     label: str = "model",
     first_batch: int = 0,
     progress: bool = True,
+    resume_state: dict | None = None,
 ) -> Iterator[list[dict]]:
-    """Yield each batch's records (one per completion, a prompt's `k` together), from batch `first_batch` on."""
+    """Yield each batch's records (one per completion, a prompt's `k` together), from batch `first_batch` on.
+
+    From the first batch, the run is seeded with `torch.manual_seed(sampling.seed)` (unless the seed is None); from a
+    later one, `resume_state` (the `rng_state()` taken after batch `first_batch - 1`) is restored first. While the
+    generator is paused at a `yield`, torch's generator is where the next batch starts from: `rng_state()` taken
+    then is what resumes the run after that batch."""
     size, k = sampling.prompts_per_batch, sampling.num_samples
     config = sampling_config(model, tokenizer, sampling)
     done = min(first_batch * size, len(prompts))
+    if done < len(prompts) and first_batch > 0 and resume_state is None:
+        raise ValueError(f"Resuming at batch {first_batch} needs the generator state after the batch before it.")
     bar = tqdm(total=len(prompts) * k, initial=done * k, desc=label, unit="sample", disable=not progress)
     try:
+        if done < len(prompts):
+            if first_batch > 0:
+                restore_rng_state(resume_state)
+            elif sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
         for start in range(done, len(prompts), size):
-            if sampling.seed is not None:
-                torch.manual_seed(batch_seed(sampling.seed, start // size))
             yield _sample_batch(model, tokenizer, config, prompts[start : start + size], start, sampling, label)
             bar.update(len(prompts[start : start + size]) * k)
     finally:
         bar.close()
+
+
+def rng_state() -> dict:
+    """torch's generator state, base64-encoded: the CPU generator's, and each CUDA device's when CUDA is in use."""
+    state = {"cpu": _encode(torch.get_rng_state())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [_encode(device_state) for device_state in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Set torch's generator to a state from `rng_state()`."""
+    torch.set_rng_state(_decode(state["cpu"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = [_decode(device_state) for device_state in state["cuda"]]
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+def _encode(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _decode(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 @torch.no_grad()
@@ -273,6 +314,11 @@ def is_header(line: dict) -> bool:
     return line.get("format") == FORMAT
 
 
+def is_marker(line: dict) -> bool:
+    """Whether a line of a `.partial` is the generator state after a batch (not a record)."""
+    return "rng_state" in line and "after_batch" in line
+
+
 def partial_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".partial")
@@ -290,10 +336,11 @@ def write_generations(
 ) -> Path:
     """Sample `sampling.num_samples` completions per prompt into the JSONL file `path`, resuming an interrupted run.
 
-    The file grows as `<path>.partial`, a batch of prompts' groups at a time (flushed to disk), and is renamed to
-    `path` when complete. A run finds a `.partial` with the same settings and continues after its last whole batch
-    (a torn last line is dropped); with other settings it refuses, naming both. Per-batch seeds make the resumed
-    file the same as an uninterrupted one, the `seconds` of each record aside. `load_model()` returns the model and
+    The file grows as `<path>.partial`, a batch of prompts' groups at a time (flushed to disk), and becomes `path`
+    (written atomically, without the `.partial`'s generator states) when complete. A run finds a `.partial` with the
+    same settings and continues after its last whole batch (a torn or unfinished batch is dropped); with other
+    settings it refuses, naming both. The generator state recorded after that batch is restored, so the resumed file
+    is the same as an uninterrupted one, the `seconds` of each record aside. `load_model()` returns the model and
     tokenizer; it is called only when there is something to sample.
     """
     if not prompts:
@@ -308,9 +355,9 @@ def write_generations(
             log(f"{path} is complete with these settings already; delete it to sample again.")
             return path
         log(f"{path} holds other generations; sampling again, it is replaced once this run is complete.")
-    done, kept = 0, None
+    done, kept, state = 0, None, None
     if partial.exists():
-        header, records, torn = _read_partial(partial)
+        header, lines, torn = _read_partial(partial)
         if header is None:
             raise UserError(f"{partial} is not a generations file; delete it and run again.")
         changed = _differences(header, wanted)
@@ -319,8 +366,8 @@ def write_generations(
                 f"{partial} holds an interrupted run with other settings ({'; '.join(changed)}): run again with "
                 f"its settings to resume it, or delete {partial} to start over."
             )
-        done, kept = _whole_batches(records, sampling, len(prompts))
-        if torn or len(kept) < len(records):  # cut the unfinished batch off before appending after it
+        done, kept, state = _whole_batches(lines, sampling, len(prompts))
+        if torn or len(kept) < len(lines):  # cut the unfinished batch off before appending after it
             write_text_atomic(partial, "".join(json.dumps(line) + "\n" for line in [header, *kept]))
         log(f"Resuming {partial}: {min(done * size, len(prompts))} of {len(prompts)} prompts are done.")
     if done < num_batches:
@@ -328,11 +375,14 @@ def write_generations(
         if kept is None:
             header = {**wanted, "generation_config": config_record(sampling_config(model, tokenizer, sampling))}
             write_text_atomic(partial, json.dumps(header) + "\n")
-        batches = generate_batches(model, tokenizer, prompts, sampling, label, first_batch=done, progress=progress)
+        batches = generate_batches(
+            model, tokenizer, prompts, sampling, label, first_batch=done, progress=progress, resume_state=state
+        )
         with partial.open("a") as f, closing(batches):
             try:
                 for batch in batches:
-                    f.write("".join(json.dumps(record) + "\n" for record in batch))
+                    marker = {"after_batch": done, "rng_state": rng_state()}  # where the next batch starts from
+                    f.write("".join(json.dumps(line) + "\n" for line in [*batch, marker]))
                     f.flush()
                     os.fsync(f.fileno())
                     done += 1
@@ -342,7 +392,11 @@ def write_generations(
                     "the same command resumes from there."
                 )
                 raise
-    os.replace(partial, path)
+    header, lines, _ = _read_partial(partial)
+    write_jsonl([line for line in lines if not is_marker(line)], path, [header])
+    with path.open("rb") as f:
+        os.fsync(f.fileno())  # on disk before the .partial goes: a crash before then finishes the same file again
+    partial.unlink()
     return path
 
 
@@ -355,7 +409,8 @@ def read_generations(path: str | Path) -> tuple[list[dict], list[dict]]:
     """The header lines (none in files written before they existed) and the records of a generations file."""
     headers, records = [], []
     for line in _lines(path):
-        (headers if is_header(line) else records).append(line)
+        if not is_marker(line):  # a .partial's generator states
+            (headers if is_header(line) else records).append(line)
     return headers, records
 
 
@@ -391,7 +446,8 @@ def _first_line(path: Path) -> dict | None:
 
 
 def _read_partial(path: Path) -> tuple[dict | None, list[dict], bool]:
-    """Header, records, and whether a torn last line (a write the crash cut short) was dropped."""
+    """Header, the lines after it (records and generator states), and whether a torn last line (a write the crash
+    cut short) was dropped."""
     text = path.read_text()
     lines = text.split("\n")
     torn = bool(lines[-1])  # every whole line ends with a newline
@@ -407,21 +463,28 @@ def _read_partial(path: Path) -> tuple[dict | None, list[dict], bool]:
     return parsed[0], parsed[1:], torn
 
 
-def _whole_batches(records: list[dict], sampling: Sampling, num_prompts: int) -> tuple[int, list[dict]]:
-    """How many leading batches are whole on disk, and their records."""
+def _whole_batches(lines: list[dict], sampling: Sampling, num_prompts: int) -> tuple[int, list[dict], dict | None]:
+    """How many leading batches are whole on disk (their records, then their generator state), their lines, and the
+    generator state after the last of them."""
     size, k = sampling.prompts_per_batch, sampling.num_samples
-    kept = []
+    kept, state = [], None
     batch = 0
     while True:
         first = batch * size
         expected = (min(first + size, num_prompts) - first) * k
-        rows = records[len(kept) : len(kept) + expected]
-        whole = expected > 0 and len(rows) == expected
-        if not whole or [(r.get("prompt_index"), r.get("sample")) for r in rows] != [
-            (first + i // k, i % k) for i in range(expected)
-        ]:
-            return batch, kept
+        rows = lines[len(kept) : len(kept) + expected + 1]
+        whole = (
+            expected > 0
+            and len(rows) == expected + 1
+            and [(r.get("prompt_index"), r.get("sample")) for r in rows[:-1]]
+            == [(first + i // k, i % k) for i in range(expected)]
+            and is_marker(rows[-1])
+            and rows[-1]["after_batch"] == batch
+        )
+        if not whole:
+            return batch, kept, state
         kept += rows
+        state = rows[-1]["rng_state"]
         batch += 1
 
 
