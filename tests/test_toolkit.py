@@ -101,6 +101,11 @@ def test_generate_then_evaluate_commands(tiny_checkpoint, tmp_path, capsys):
             assert metric["low"] <= metric["mean"] <= metric["high"], name
         assert 1.0 <= entry["metrics"]["vendi"]["mean"] <= 3.0
     assert summary["cfg"]["forward_passes_per_token"] == 2 and summary["plain"]["forward_passes_per_token"] == 1
+    # the explicit generation configuration each file was sampled with is recorded in the evaluation
+    generation = summary["cfg"]["generation"]
+    assert generation["sampling"]["num_samples"] == 3 and generation["source"]["model"] == tiny_checkpoint
+    assert generation["generation_config"]["guidance_scale"] == 2.0 and generation["generation_config"]["top_k"] == 0
+    assert "repetition_penalty" in generation["generation_config"]
     assert "| cfg |" in (tmp_path / "eval.md").read_text()
 
 
@@ -190,6 +195,8 @@ def test_evaluate_can_generate_first(tiny_checkpoint, tmp_path):
             "none",
             "--save_generations",
             str(tmp_path / "gens.jsonl"),
+            "--chat_template_kwargs",
+            '{"enable_thinking": false}',
             "--output",
             str(tmp_path / "eval.json"),
         ]
@@ -199,6 +206,7 @@ def test_evaluate_can_generate_first(tiny_checkpoint, tmp_path):
     assert entry["forward_passes_per_token"] == 2 and entry["num_prompts"] == 2
     assert "fluency_nll" not in entry["metrics"]
     assert len(read_jsonl(tmp_path / "gens.jsonl")) == 4
+    assert entry["generation"]["sampling"]["chat_template_kwargs"] == {"enable_thinking": False}
 
 
 def test_atomic_writes_have_the_usual_permissions(tmp_path):

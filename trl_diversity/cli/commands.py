@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from trl_diversity.cli.arguments import CommandParser, check_embedder, check_file, check_model, check_new_output
@@ -100,32 +101,86 @@ def load_prompt_list(spec: str, limit: int | None) -> list[str]:
     return list(prompts[:limit] if limit else prompts)
 
 
-def _generate(args, name: str, prompts: list[str], base: str | None = None, label: str | None = None) -> list[dict]:
-    """Records of `name`'s samples, with the prompt and CFG options of `args`."""
-    from trl_diversity.toolkit.generation import generate_records, load_generation_model
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not JSON; write it like '{{\"enable_thinking\": false}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"enable_thinking\": false}}', got {text}")
+    return value
 
-    model, tokenizer = load_generation_model(name, base)
-    label = label or (name if args.guidance_scale == 1 else f"{name} + CFG {args.guidance_scale:g}")
-    return list(
-        generate_records(
-            model,
-            tokenizer,
-            prompts,
-            num_samples=args.num_samples,
-            max_new_tokens=args.max_new_tokens,
-            guidance_scale=args.guidance_scale,
-            null_prompt=args.unconditional_prompt,
-            chat=not args.no_chat,
-            temperature=args.temperature,
-            seed=args.seed,
-            prompts_per_batch=args.prompts_per_batch,
-            label=label,
-        )
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling settings beyond the shared prompt options (generate and evaluate only). Sampling never inherits
+    the checkpoint's generation_config.json: what is not asked for here is off."""
+    parser.add_argument("--top_p", type=_probability, default=1.0, help="nucleus sampling (1: off)")
+    parser.add_argument("--top_k", type=_at_least(0), default=0, help="top-k sampling (0: off)")
+    parser.add_argument("--repetition_penalty", type=_positive_float, default=1.0, help="1: off")
+    parser.add_argument(
+        "--chat_template_kwargs",
+        type=_json_object,
+        default=None,
+        help="JSON object passed to the chat template, e.g. '{\"enable_thinking\": false}'",
     )
 
 
+def _sampling(args):
+    from trl_diversity.toolkit.generation import Sampling
+
+    return Sampling(
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        guidance_scale=args.guidance_scale,
+        null_prompt=args.unconditional_prompt,
+        chat=not args.no_chat,
+        chat_template_kwargs=args.chat_template_kwargs,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        prompts_per_batch=args.prompts_per_batch,
+    )
+
+
+def _label(args, name: str, label: str | None = None) -> str:
+    return label or (name if args.guidance_scale == 1 else f"{name} + CFG {args.guidance_scale:g}")
+
+
+def _generate(args, name: str, prompts: list[str]) -> tuple[dict, list[dict]]:
+    """The header and records of `name`'s samples, with the prompt, sampling and CFG options of `args`."""
+    from trl_diversity.toolkit.generation import (
+        generate_batches,
+        generation_header,
+        load_generation_model,
+        sampling_config,
+    )
+
+    model, tokenizer = load_generation_model(name)
+    label, sampling = _label(args, name), _sampling(args)
+    header = generation_header(
+        label, prompts, sampling, {"model": name}, generation_config=sampling_config(model, tokenizer, sampling)
+    )
+    return header, [r for batch in generate_batches(model, tokenizer, prompts, sampling, label) for r in batch]
+
+
 def generate(argv: list[str]) -> None:
-    parser = CommandParser(prog="trl-diversity generate", description="Sample k completions per prompt.")
+    parser = CommandParser(
+        prog="trl-diversity generate",
+        description="Sample k completions per prompt into a JSONL file, a batch of prompts at a time: an interrupted "
+        "run leaves <output>.partial, and the same command resumes it (from the random generator's state after the "
+        "last whole batch, so the result is the same as an uninterrupted run's).",
+    )
     parser.add_argument(
         "--model", default="default", help="checkpoint folder, LoRA adapter folder, hub id or 'default'"
     )
@@ -136,29 +191,45 @@ def generate(argv: list[str]) -> None:
     parser.add_argument("--label", default=None, help="model name recorded in the output (None: --model)")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     _prompt_arguments(parser)
+    _sampling_arguments(parser)
     args = parser.parse_args(argv)
     check_model(args.model, "--model", base_given=args.base is not None)
     if args.base is not None:
         check_model(args.base, "--base", adapter=False)
     _check_prompts(args.prompts)
 
-    from trl_diversity.toolkit.generation import write_jsonl
+    from trl_diversity.toolkit.generation import load_generation_model, write_generations
 
     prompts = load_prompt_list(args.prompts, args.num_prompts)
-    records = _generate(args, args.model, prompts, base=args.base, label=args.label)
-    print(f"Wrote {write_jsonl(records, args.output)}")
+    try:
+        path = write_generations(
+            args.output,
+            prompts,
+            lambda: load_generation_model(args.model, args.base),
+            _sampling(args),
+            label=_label(args, args.model, args.label),
+            source={"model": args.model, "base": args.base},
+        )
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(f"Wrote {path}")
 
 
 def evaluate(argv: list[str]) -> None:
     parser = CommandParser(
         prog="trl-diversity evaluate", description="Quality, diversity and cost of generations, per model."
     )
-    parser.add_argument("generations", nargs="*", help="JSONL files written by `trl-diversity generate`")
+    parser.add_argument(
+        "generations",
+        nargs="*",
+        help="JSONL files written by `trl-diversity generate`; every model must have the same prompts and number "
+        "of samples per prompt (see --shared_prompts_only and --truncate_k)",
+    )
     parser.add_argument(
         "--model",
         action="append",
         default=[],
-        help="also generate from this model first (repeatable; uses the prompt and CFG options)",
+        help="also generate from this model first (repeatable; uses the prompt, sampling and CFG options)",
     )
     parser.add_argument(
         "--guidance_scale", type=_positive_float, default=1.0, help="CFG scale for --model generations"
@@ -179,7 +250,19 @@ def evaluate(argv: list[str]) -> None:
         help="reward model folder/hub id, or module:function called like a GRPO reward function",
     )
     parser.add_argument("--output", required=True, help="JSON file to write (a .md table is written beside it)")
+    parser.add_argument(
+        "--shared_prompts_only",
+        action="store_true",
+        help="compare on the prompts every model was sampled on (without it, different prompts are an error)",
+    )
+    parser.add_argument(
+        "--truncate_k",
+        action="store_true",
+        help="use the first k samples of each prompt, k the fewest any model has (without it, different numbers "
+        "of samples per prompt are an error)",
+    )
     _prompt_arguments(parser, min_samples=2)
+    _sampling_arguments(parser)
     args = parser.parse_args(argv)
     if not args.generations and not args.model:
         parser.error("give generation files, or --model to generate from")
@@ -196,23 +279,46 @@ def evaluate(argv: list[str]) -> None:
         _check_reward(args.reward)
 
     from trl_diversity.atomic import write_text_atomic
-    from trl_diversity.rewards.embedder import load_embedder
-    from trl_diversity.toolkit.evaluation import load_reward, markdown_table, summarize
-    from trl_diversity.toolkit.generation import load_generation_model, read_jsonl
+    from trl_diversity.toolkit.evaluation import align_records, load_reward, markdown_table, summarize
+    from trl_diversity.toolkit.generation import load_generation_model, read_generations
 
-    records = [r for path in args.generations for r in read_jsonl(path)]
+    headers, records = {}, []
+    for path in args.generations:
+        file_headers, file_records = read_generations(path)
+        headers.update((header["model"], header) for header in file_headers)
+        records += file_records
+    align = {"shared_prompts_only": args.shared_prompts_only, "truncate_k": args.truncate_k}
+    if not args.model:
+        align_records(records, **align)  # refuse files that cannot be compared before any model loads
     if args.model:
         from trl_diversity.toolkit.generation import write_jsonl
 
         prompts = load_prompt_list(args.prompts, args.num_prompts)
-        generated = [record for name in args.model for record in _generate(args, name, prompts)]
+        lines = []
+        for name in args.model:
+            header, generated = _generate(args, name, prompts)
+            headers[header["model"]] = header
+            records += generated
+            lines += [header, *generated]
         if args.save_generations:
-            write_jsonl(generated, args.save_generations)
-        records += generated
+            write_jsonl(lines, args.save_generations)
+        align_records(records, **align)
+
+    from trl_diversity.rewards.embedder import load_embedder
+
     embedder = load_embedder(args.embedder, device="cpu")
     reward = load_reward(args.reward) if args.reward else None
     fluency = None if args.fluency_model.lower() == "none" else load_generation_model(args.fluency_model)
-    summary = summarize(records, embedder, fluency=fluency, reward=reward, chat=not args.no_chat)
+    summary = summarize(
+        records,
+        embedder,
+        fluency=fluency,
+        reward=reward,
+        chat=not args.no_chat,
+        chat_template_kwargs=args.chat_template_kwargs,
+        headers=headers,
+        **align,
+    )
     output = Path(args.output)
     write_text_atomic(output, json.dumps(summary, indent=2))
     table = markdown_table(summary)

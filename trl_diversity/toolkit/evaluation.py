@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from trl_diversity.errors import UserError
 from trl_diversity.rewards.diversity import pairwise_dissimilarity
 from trl_diversity.rewards.embedder import embed
 from trl_diversity.rewards.measures import is_blank
@@ -44,6 +45,12 @@ METRICS = {
 }
 
 
+LOAD_NOTE = (
+    "Tokens / s is the wall-clock speed of the run that sampled each model, under whatever else the machine was "
+    "doing then: compare it only between models sampled side by side. Forward passes / token is the load-free cost."
+)
+
+
 def group_records(records: list[dict]) -> dict[str, dict[str, list[dict]]]:
     """model label -> prompt -> its records, in first-seen order."""
     grouped: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
@@ -52,15 +59,54 @@ def group_records(records: list[dict]) -> dict[str, dict[str, list[dict]]]:
     return grouped
 
 
+def align_records(records: list[dict], shared_prompts_only: bool = False, truncate_k: bool = False) -> list[dict]:
+    """The records to compare: every model on the same prompts (in the first model's order) with the same number
+    of samples per prompt, `k`. Models sampled on other prompts are refused unless `shared_prompts_only` (then only
+    the prompts all share are kept), other `k` unless `truncate_k` (then the first `k` samples of each prompt, `k`
+    the fewest any has): most metrics, the partition count and Vendi first, grow with `k` and with the prompts."""
+    grouped = group_records(records)
+    if not grouped:
+        return records
+    labels = list(grouped)
+    shared = [p for p in grouped[labels[0]] if all(p in grouped[label] for label in labels)]
+    if any(len(grouped[label]) != len(shared) for label in labels):
+        counts = ", ".join(f"{label!r} {len(grouped[label])}" for label in labels)
+        if not shared:
+            raise UserError(f"The models share no prompt (prompts: {counts}); sample them on the same --prompts.")
+        if not shared_prompts_only:
+            raise UserError(
+                f"The models were sampled on different prompts ({counts}; {len(shared)} shared): sample them on the "
+                f"same --prompts and --num_prompts, or pass --shared_prompts_only to compare on the shared ones."
+            )
+    sizes = {label: sorted({len(grouped[label][p]) for p in shared}) for label in labels}
+    k = min(size for label_sizes in sizes.values() for size in label_sizes)
+    if any(label_sizes != [k] for label_sizes in sizes.values()) and not truncate_k:
+        counts = ", ".join(
+            f"{label!r} {'-'.join(map(str, (s[0], s[-1]) if len(s) > 1 else s))}" for label, s in sizes.items()
+        )
+        raise UserError(
+            f"The models have different numbers of samples per prompt (k: {counts}): sample them with the same "
+            f"--num_samples, or pass --truncate_k to use the first {k} samples of each prompt."
+        )
+    return [
+        record
+        for label in labels
+        for prompt in shared
+        for record in sorted(grouped[label][prompt], key=lambda r: r.get("sample", 0))[:k]
+    ]
+
+
 def per_prompt_metrics(
     by_prompt: dict[str, list[dict]],
     embedder,
     fluency: tuple | None = None,
     reward: Callable | None = None,
     chat: bool = True,
+    chat_template_kwargs: dict | None = None,
 ) -> dict[str, list[float]]:
     """Every metric for each prompt of one model. `fluency` is `(base_model, tokenizer)` or None; the base model
-    also gives the second embedding space (`base_lm_diversity`), a judge that no training reward uses."""
+    also gives the second embedding space (`base_lm_diversity`), a judge that no training reward uses. `chat` and
+    `chat_template_kwargs` render the prompts for the fluency model, as they were rendered for sampling."""
     prompts = list(by_prompt)
     samples = [[r["completion"] for r in by_prompt[p]] for p in prompts]
     k = min(len(s) for s in samples)
@@ -87,7 +133,8 @@ def per_prompt_metrics(
         model, tokenizer = fluency
         metrics["fluency_nll"] = [
             _nanmean(
-                completion_nll(model, render_prompt(tokenizer, p, chat), r["completion_ids"]) for r in by_prompt[p][:k]
+                completion_nll(model, render_prompt(tokenizer, p, chat, chat_template_kwargs), r["completion_ids"])
+                for r in by_prompt[p][:k]
             )
             for p in prompts
         ]
@@ -99,11 +146,30 @@ def per_prompt_metrics(
     return metrics
 
 
-def summarize(records: list[dict], embedder, fluency=None, reward=None, chat: bool = True) -> dict[str, dict]:
-    """Per model: each metric's mean and 95% bootstrap CI over prompts, and the generation cost."""
+def summarize(
+    records: list[dict],
+    embedder,
+    fluency=None,
+    reward=None,
+    chat: bool = True,
+    chat_template_kwargs: dict | None = None,
+    headers: dict[str, dict] | None = None,
+    shared_prompts_only: bool = False,
+    truncate_k: bool = False,
+) -> dict[str, dict]:
+    """Per model: each metric's mean and 95% bootstrap CI over prompts, and the generation cost.
+
+    The models must share their prompts and `k` (see `align_records`). `headers` maps a model label to its
+    generations file's header: its settings are recorded as the entry's `generation`, and its prompt rendering
+    (`chat`, `chat_template_kwargs`) replaces the arguments' for the fluency model."""
+    records = align_records(records, shared_prompts_only, truncate_k)
     summary = {}
     for label, by_prompt in group_records(records).items():
-        metrics = per_prompt_metrics(by_prompt, embedder, fluency, reward, chat)
+        header = (headers or {}).get(label)
+        rendering = header["sampling"] if header else {"chat": chat, "chat_template_kwargs": chat_template_kwargs}
+        metrics = per_prompt_metrics(
+            by_prompt, embedder, fluency, reward, rendering["chat"], rendering.get("chat_template_kwargs")
+        )
         rows = [r for rs in by_prompt.values() for r in rs]
         tokens = sum(len(r.get("completion_ids", [])) for r in rows)
         seconds = sum(r.get("seconds", 0.0) for r in rows)
@@ -118,13 +184,15 @@ def summarize(records: list[dict], embedder, fluency=None, reward=None, chat: bo
             "forward_passes_per_token": max(r.get("forward_passes_per_token", 1) for r in rows),
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
         }
+        if header is not None:
+            summary[label]["generation"] = {k: v for k, v in header.items() if k not in ("format", "version")}
     return summary
 
 
 def markdown_table(summary: dict[str, dict]) -> str:
     names = [m for m in METRICS if any(m in s["metrics"] for s in summary.values())]
     header = ["model", *(f"{m} ({'↑' if METRICS[m][0] == 'higher' else '↓'})" for m in names)]
-    header += ["forward passes / token", "tokens / s"]
+    header += ["forward passes / token", "tokens / s (load-dependent)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, entry in summary.items():
         cells = [label]
@@ -136,6 +204,7 @@ def markdown_table(summary: dict[str, dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Means over prompts with 95% bootstrap confidence intervals in brackets.")
+    lines.append(LOAD_NOTE)
     return "\n".join(lines)
 
 
