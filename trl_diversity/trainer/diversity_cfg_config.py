@@ -99,6 +99,25 @@ class DiversityCFGFields:
         },
     )
 
+    diversity_target: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hold a level of diversity instead of a fixed diversity_coef: a number (the target batch mean of "
+            "the diversity reward r_i, within the measure's range), 'initial' (the starting policy's own on-policy "
+            "diversity, measured over the first diversity_target_warmup_steps batches) or 'initial*<factor>' (e.g. "
+            "'initial*0.9'). A controller then moves the coefficient each training batch, starting from "
+            "diversity_coef (which must be > 0), multiplicatively by a factor of at most 1.02 a batch, within [diversity_coef/100, "
+            "diversity_coef*100]; logged as diversity/coef and diversity/target. None: diversity_coef is fixed."
+        },
+    )
+    diversity_target_warmup_steps: int = field(
+        default=10,
+        metadata={
+            "help": "With diversity_target='initial': the number of training batches whose mean diversity defines "
+            "the target; the coefficient stays at diversity_coef meanwhile."
+        },
+    )
+
     max_nonfinite_steps: int = field(
         default=3,
         metadata={
@@ -120,6 +139,7 @@ class DiversityCFGFields:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}. Use 0 to turn the term off.")
         check_group_reward_name(self.diversity_reward)
+        self._check_diversity_target()
         if self.diversity_embedder is not None and self.diversity_reward != "embedding":
             warnings.warn(
                 f"diversity_embedder={self.diversity_embedder!r} is unused: diversity_reward="
@@ -159,6 +179,25 @@ class DiversityCFGFields:
             )
         self._resolve_inherited_defaults()
         super().__post_init__()
+
+    def _check_diversity_target(self) -> None:
+        """A target that cannot mean anything is refused here, before any model loads."""
+        from trl_diversity.trainer.diversity_controller import (
+            check_diversity_target,
+            measure_range,
+            parse_diversity_target,
+        )
+
+        target = parse_diversity_target(self.diversity_target)
+        if target is None:
+            return
+        check_diversity_target(
+            target, self.diversity_coef, measure_range(self.diversity_reward), measure_name=self.diversity_reward
+        )
+        if self.diversity_target_warmup_steps < 1:
+            raise ValueError(
+                f"diversity_target_warmup_steps must be at least 1, got {self.diversity_target_warmup_steps}."
+            )
 
     def _warn_about_ignored_fields(self) -> None:
         """A field the other settings make irrelevant is accepted (a recipe may carry it), with one warning."""

@@ -11,7 +11,8 @@ What the mixin adds to the TRL trainer, and where:
 - `_calculate_rewards`: both trainers call it on every process with exactly what reward functions get; the
   diversity term is scored there, whole groups gathered across processes (a prompt's group can span them), each
   group once.
-- `_generate_and_score_completions`: adds `diversity_coef * (r_i - b_i)` to the algorithm's final advantages (after
+- `_generate_and_score_completions`: adds `diversity_coef * (r_i - b_i)` to the algorithm's final advantages (with
+  a `diversity_target`, the coefficient is a controller's, updated from each training batch's diversity; after
   any normalisation or clipping of its own, and not divided by any standard deviation, so `diversity_coef` is a
   real weight) and runs the teacher on the conditional and unconditional contexts.
 - `_compute_loss`: the algorithm's loss plus `distill_coef` times the teacher-student divergence, computed from the
@@ -39,6 +40,11 @@ from trl_diversity.rewards.baselines import group_advantages, is_pairwise
 from trl_diversity.rewards.group import LOCAL_KWARGS, score_groups
 from trl_diversity.rewards.registry import resolve_group_reward
 from trl_diversity.trainer.divergence import chunked_token_divergence, head_rows
+from trl_diversity.trainer.diversity_controller import (
+    DiversityCoefController,
+    DiversityControllerCallback,
+    current_controller,
+)
 from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
 from trl_diversity.trainer.logit_scale import logit_scale, text_config
 from trl_diversity.trainer.model_card import name_local_base_model
@@ -163,6 +169,19 @@ class DiversityCFGMixin:
         self._frozen_teacher_head = None  # with LoRA and a trainable LM head: a frozen copy of the initial head
         if args.distill_coef > 0:
             self._set_up_teacher(setup.initial_policy, setup.user_adapter_model)
+        # With a diversity target, a controller moves the coefficient; its callback checkpoints it.
+        if args.diversity_target is not None:
+            controller = DiversityCoefController(
+                args.diversity_target, args.diversity_coef, warmup_steps=args.diversity_target_warmup_steps
+            )
+            self.add_callback(DiversityControllerCallback(controller))
+
+    @property
+    def diversity_coef(self) -> float:
+        """The diversity coefficient in force: `diversity_coef`, or the controller's current value with a target.
+        (Looked up each time: on resume the Trainer may replace the controller's callback.)"""
+        controller = current_controller(self)
+        return self.args.diversity_coef if controller is None else controller.coef
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
@@ -379,10 +398,11 @@ class DiversityCFGMixin:
         metrics."""
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         pairwise = is_pairwise(self.diversity_reward)
-        advantages = self.args.diversity_coef * group_advantages(rewards, num_generations, pairwise)
+        coef = self.diversity_coef
+        advantages = coef * group_advantages(rewards, num_generations, pairwise)
         local_size = output["advantages"].shape[0]
         start = self.accelerator.process_index * local_size
-        if self.args.diversity_coef > 0:
+        if coef > 0:
             local = advantages[start : start + local_size].to(output["advantages"].device)
             output["advantages"] = output["advantages"] + local
         metrics = self._metrics[mode]
@@ -392,6 +412,14 @@ class DiversityCFGMixin:
         metrics["diversity/reward/std"].append(rewards.std().item() if rewards.numel() > 1 else 0.0)
         metrics["diversity/advantage_abs"].append(advantages.abs().mean().item())
         self._logs["extra"]["diversity_reward"].extend(rewards.tolist())  # a column of the completions table
+        controller = current_controller(self)
+        if controller is not None:
+            metrics["diversity/coef"].append(coef)  # the coefficient this batch was trained with
+            if controller.target is not None:  # None during the warm-up of an "initial" target
+                metrics["diversity/target"].append(controller.target)
+            if mode == "train":
+                # `rewards` covers the whole batch of every process: each process takes the same step.
+                controller.update(rewards.mean().item())
 
     def _compute_loss(self, model, inputs):
         if self.args.distill_coef == 0:

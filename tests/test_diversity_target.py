@@ -1,0 +1,78 @@
+"""A diversity target held by the controller, in training: the coefficient moves toward the target, is identical on
+every process (tests/test_distributed.py), and resumes exactly from a checkpoint."""
+
+import pytest
+import torch
+from test_resume import StopAt, final_weights
+from test_trainer import logged, make_args, make_trainer
+
+from trl_diversity.trainer.diversity_controller import current_controller
+
+
+@pytest.mark.parametrize("target, direction", [(2.0, "rises"), (0.01, "falls")])
+def test_the_coefficient_rises_below_the_target_and_falls_above_it(tiny_checkpoint, tmp_path, target, direction):
+    # Embedding diversity (1 - cos) lies in [0, 2]: a target of 2 is above any batch's mean, 0.01 below it.
+    trainer = make_trainer(tiny_checkpoint, tmp_path, diversity_target=target, diversity_coef=4.0, max_steps=3)
+    trainer.train()
+    coefs, diversity = logged(trainer, "diversity/coef"), logged(trainer, "diversity/reward/mean")
+    assert len(coefs) == len(diversity) == 3 and logged(trainer, "diversity/target") == [target] * 3
+    assert coefs[0] == 4.0  # the first batch trains with the starting value
+    steps = [b - a for a, b in zip(coefs, [*coefs[1:], trainer.diversity_coef])]
+    assert all(step > 0 for step in steps) if direction == "rises" else all(step < 0 for step in steps)
+    assert all(abs(b / a - 1) <= 0.02 + 1e-12 for a, b in zip(coefs, coefs[1:]))  # at most 2% a batch
+
+
+def test_an_initial_target_is_the_first_batches_mean_diversity(tiny_checkpoint, tmp_path):
+    trainer = make_trainer(
+        tiny_checkpoint,
+        tmp_path,
+        diversity_reward="lexical",
+        diversity_target="initial*0.5",
+        diversity_target_warmup_steps=2,
+        max_steps=3,
+    )
+    trainer.train()
+    coefs, diversity = logged(trainer, "diversity/coef"), logged(trainer, "diversity/reward/mean")
+    assert coefs[:2] == [15.0, 15.0]  # held during the warm-up
+    assert logged(trainer, "diversity/target") == [pytest.approx(0.5 * (diversity[0] + diversity[1]) / 2)]
+
+
+def test_a_resumed_run_continues_with_the_uninterrupted_coefficient(tiny_checkpoint, tmp_path):
+    settings = dict(
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        full_determinism=True,
+        diversity_target=2.0,
+        diversity_coef=4.0,
+    )
+    uninterrupted = make_trainer(tiny_checkpoint, tmp_path / "a", **settings)
+    uninterrupted.train()
+    interrupted = make_trainer(tiny_checkpoint, tmp_path / "b", **settings)
+    interrupted.add_callback(StopAt(2))
+    interrupted.train()
+    resumed = make_trainer(tiny_checkpoint, tmp_path / "b", **settings)
+    assert resumed.diversity_coef == 4.0  # a fresh controller, until the checkpoint is loaded
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-2"))
+    assert current_controller(resumed).state_dict() == current_controller(uninterrupted).state_dict()
+    # The resumed log history holds the checkpoint's steps 1-2, then its own 3-4: every coefficient the same.
+    assert logged(resumed, "diversity/coef") == logged(uninterrupted, "diversity/coef")
+    assert len(set(logged(uninterrupted, "diversity/coef"))) == 4  # it moved at every batch
+    expected, got = final_weights(uninterrupted), final_weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=f"{name} differs after resuming")
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(diversity_target=1.5, diversity_reward="lexical"), "range"),
+        (dict(diversity_target="initial", diversity_coef=0.0), "diversity_coef > 0"),
+        (dict(diversity_target=0.5, diversity_coef=0.0, distill_coef=1.0), "diversity_coef > 0"),
+        (dict(diversity_target="initial*-1"), "diversity_target"),
+        (dict(diversity_target="most"), "diversity_target"),
+    ],
+)
+def test_a_target_that_cannot_mean_anything_is_refused_by_the_config(tmp_path, fields, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **fields)
