@@ -45,9 +45,20 @@ class Finetune:
     per_device_train_batch_size: int = 8
     max_completion_length: int = 48
     seed: int = 0
+    algorithm: str = "grpo"  # TRL's GRPO or RLOO under the method (`train --algorithm`)
+    diversity_target: str | None = None  # a diversity target held by the controller; diversity_coef starts it
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fields = asdict(self)
+        # Fields added after the first runs enter the key only when set, so that those runs keep their keys (and
+        # their cached points).
+        for name, default in LATE_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+LATE_FIELDS = {"algorithm": "grpo", "diversity_target": None}
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,8 @@ def train_finetune(finetune: Finetune, budget: Budget, checkpoints: Path, result
         "per_device_train_batch_size": finetune.per_device_train_batch_size,
         "max_completion_length": finetune.max_completion_length,
         "seed": finetune.seed,
+        **({"algorithm": finetune.algorithm} if finetune.algorithm != "grpo" else {}),
+        **({"diversity_target": finetune.diversity_target} if finetune.diversity_target is not None else {}),
         "save_steps": budget.save_steps,
         "report_prompts": 0,
         "disable_tqdm": "true",
@@ -301,12 +314,53 @@ def lerp_model(weight: float, adapters: dict[str, Path], checkpoints: Path, budg
 # Driver
 
 
+@dataclass(frozen=True)
+class Variant:
+    """How a run differs from the budget's experiment; every part defaults to "as the budget has it".
+
+    - `diversity_coef`, `diversity_target`: another diversity model (the quality model and the base points are
+      unchanged, so only the new finetune and its LERP points are computed);
+    - `algorithm`: both finetunes on another TRL algorithm (the base points are reused);
+    - `seed`: both finetunes with another training seed (the evaluation's sampling seed stays 0, so points stay
+      paired with every other run's).
+    """
+
+    diversity_coef: float | None = None
+    diversity_target: str | None = None
+    algorithm: str | None = None
+    seed: int | None = None
+
+    def apply(self, budget: Budget) -> Budget:
+        quality, diversity = budget.quality, budget.diversity
+        if self.diversity_coef is not None:
+            diversity = replace(diversity, diversity_coef=self.diversity_coef)
+        if self.diversity_target is not None:
+            diversity = replace(diversity, diversity_target=self.diversity_target)
+        for name in ("algorithm", "seed"):
+            if getattr(self, name) is not None:
+                quality = replace(quality, **{name: getattr(self, name)})
+                diversity = replace(diversity, **{name: getattr(self, name)})
+        if (quality, diversity) == (budget.quality, budget.diversity):
+            return budget
+        return replace(budget, quality=quality, diversity=diversity)
+
+    def suffix(self, budget: Budget) -> str:
+        """`_beta50`, `_target-initial`, `_rloo`, `_seed1`, joined: the report's and the summary's name."""
+        parts = []
+        if self.diversity_coef is not None and self.diversity_coef != budget.diversity.diversity_coef:
+            parts.append(f"beta{exact(self.diversity_coef)}")
+        if self.diversity_target is not None:
+            parts.append(f"target-{self.diversity_target.replace('*', 'x')}")
+        if self.algorithm not in (None, budget.quality.algorithm):
+            parts.append(self.algorithm)
+        if self.seed not in (None, budget.quality.seed):
+            parts.append(f"seed{self.seed}")
+        return "".join(f"_{part}" for part in parts)
+
+
 def with_diversity_coef(budget: Budget, diversity_coef: float | None) -> Budget:
-    """The budget with another diversity model. The quality model, the base points and their caches are unchanged
-    (their keys do not involve the diversity model), so only the new finetune and its LERP points are computed."""
-    if diversity_coef is None or diversity_coef == budget.diversity.diversity_coef:
-        return budget
-    return replace(budget, diversity=replace(budget.diversity, diversity_coef=diversity_coef))
+    """The budget with another diversity model's coefficient (see `Variant`)."""
+    return Variant(diversity_coef=diversity_coef).apply(budget)
 
 
 def exact(number: float) -> str:
@@ -315,10 +369,19 @@ def exact(number: float) -> str:
     return text if float(text) == number else repr(number)
 
 
-def command_of(budget_name: str, diversity_coef: float | None) -> str:
+def command_of(budget_name: str, variant: Variant | float | None) -> str:
+    if not isinstance(variant, Variant):
+        variant = Variant(diversity_coef=variant)
+    budget = BUDGETS[budget_name]
     flags = f"--budget {budget_name}"
-    if diversity_coef is not None and diversity_coef != BUDGETS[budget_name].diversity.diversity_coef:
-        flags += f" --diversity_coef {exact(diversity_coef)}"
+    if variant.diversity_coef is not None and variant.diversity_coef != budget.diversity.diversity_coef:
+        flags += f" --diversity_coef {exact(variant.diversity_coef)}"
+    if variant.diversity_target is not None:
+        flags += f" --diversity_target {variant.diversity_target}"
+    if variant.algorithm not in (None, budget.quality.algorithm):
+        flags += f" --algorithm {variant.algorithm}"
+    if variant.seed not in (None, budget.quality.seed):
+        flags += f" --seed {variant.seed}"
     return flags
 
 
@@ -328,12 +391,14 @@ def run(
     checkpoints: Path,
     report: Path,
     report_only: bool,
-    diversity_coef: float | None = None,
+    variant: Variant | float | None = None,
 ) -> dict:
     from trl_diversity.atomic import write_text_atomic
     from trl_diversity.data import load_prompts
 
-    budget = with_diversity_coef(BUDGETS[budget_name], diversity_coef)
+    if not isinstance(variant, Variant):  # a bare number: another diversity model's coefficient
+        variant = Variant(diversity_coef=variant)
+    budget = variant.apply(BUDGETS[budget_name])
     prompts = list(load_prompts("eval", limit=budget.num_prompts)["prompt"])
     points = points_of(budget)
     (results / "points").mkdir(parents=True, exist_ok=True)
@@ -352,8 +417,10 @@ def run(
         progress = Progress(plan)
         adapters = {}
         for finetune in (budget.quality, budget.diversity):
+            target = f", diversity_target={finetune.diversity_target}" if finetune.diversity_target else ""
             progress.begin(
-                f"finetune {finetune.name} (diversity_coef={finetune.diversity_coef:g}, {finetune.max_steps} steps)"
+                f"finetune {finetune.name} ({finetune.algorithm}, diversity_coef={finetune.diversity_coef:g}{target}, "
+                f"seed {finetune.seed}, {finetune.max_steps} steps)"
             )
             adapters[finetune.name], seconds = train_finetune(finetune, budget, checkpoints, results)
             progress.finish("train", finetune.max_steps, seconds)
@@ -394,10 +461,8 @@ def run(
         log_file = results / "training" / f"{finetune.name}-{finetune.key()}.json"
         if log_file.is_file():
             logs[finetune.name] = json.loads(log_file.read_text())
-    summary = results / (
-        "summary.json" if budget is BUDGETS[budget_name] else f"summary_beta{exact(diversity_coef)}.json"
-    )
-    return write_report(command_of(budget_name, diversity_coef), budget, prompts, evaluated, logs, report, summary)
+    summary = results / f"summary{variant.suffix(BUDGETS[budget_name])}.json"
+    return write_report(command_of(budget_name, variant), budget, prompts, evaluated, logs, report, summary)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -413,19 +478,35 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="beta of the diversity model (default: the budget's, 15); the report gets a _beta<value> suffix",
     )
+    parser.add_argument(
+        "--diversity_target",
+        default=None,
+        help="a diversity model trained with this diversity_target (e.g. initial), the coefficient starting at the "
+        "budget's diversity_coef; the report gets a _target-<value> suffix",
+    )
+    parser.add_argument(
+        "--algorithm", choices=["grpo", "rloo"], default=None, help="both finetunes on this TRL algorithm (_rloo)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="both finetunes with this training seed (_seed<n>)")
     args = parser.parse_args(argv)
     if args.diversity_coef is not None and not (math.isfinite(args.diversity_coef) and args.diversity_coef > 0):
         parser.error(
             f"--diversity_coef must be a finite number > 0 (the quality model is beta = 0), got {args.diversity_coef}"
         )
+    if args.diversity_target is not None:
+        from trl_diversity.trainer.diversity_controller import parse_diversity_target
+
+        try:
+            parse_diversity_target(args.diversity_target)
+        except ValueError as error:
+            parser.error(str(error))
+    variant = Variant(args.diversity_coef, args.diversity_target, args.algorithm, args.seed)
     full = args.budget == "full"
     results = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction-{args.budget}")
     checkpoints = Path(args.checkpoints or ROOT / "outputs" / f"reproduce-{args.budget}")
-    default_name = "reproduction"
-    if with_diversity_coef(BUDGETS[args.budget], args.diversity_coef) is not BUDGETS[args.budget]:
-        default_name += f"_beta{exact(args.diversity_coef)}"
+    default_name = "reproduction" + variant.suffix(BUDGETS[args.budget])
     report = Path(args.report or (ROOT / "docs" if full else results) / f"{default_name}.md")
-    run(args.budget, results, checkpoints, report, args.report_only, args.diversity_coef)
+    run(args.budget, results, checkpoints, report, args.report_only, variant)
     print(f"Report: {report}")
 
 

@@ -23,7 +23,28 @@ FAMILIES = {
 }
 # Fronts whose shared adherence range is narrower than this only touch: no gap is reported for them.
 MIN_SHARED_ADHERENCE = 0.005
-TRAINING_CURVES = ("distill/divergence", "diversity/pairwise", "diversity/advantage_abs", "learning_rate")
+# diversity/coef is logged only with a diversity target: the coefficient the controller set for each batch.
+TRAINING_CURVES = (
+    "distill/divergence",
+    "diversity/pairwise",
+    "diversity/coef",
+    "diversity/advantage_abs",
+    "learning_rate",
+)
+
+
+def finetune_label(name: str, finetune: dict) -> str:
+    """`diversity (beta = 15)`, or `diversity (target initial, beta from 15)` for a target model; RLOO and other
+    seeds say so."""
+    target = finetune.get("diversity_target")
+    beta = (
+        f"target {target}, beta from {finetune['diversity_coef']:g}"
+        if target
+        else f"beta = {finetune['diversity_coef']:g}"
+    )
+    extras = [finetune["algorithm"].upper()] if finetune.get("algorithm", "grpo") != "grpo" else []
+    extras += [f"seed {finetune['seed']}"] if finetune.get("seed", 0) != 0 else []
+    return f"{name} ({', '.join([beta, *extras])})"
 
 
 def _fmt(m: dict, digits: int = 3) -> str:
@@ -331,8 +352,8 @@ def plot_training(logs: dict, path: Path) -> list[str]:
     for axis, key in zip(axes[0], keys):
         for name, log in logs.items():
             rows = [row for row in log["log_history"] if key in row]
-            beta = log["finetune"]["diversity_coef"]
-            axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=f"{name} (beta = {beta:g})", alpha=0.8)
+            label = finetune_label(name, log["finetune"])
+            axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=label, alpha=0.8)
         axis.set_title(key, fontsize=10)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
@@ -358,7 +379,7 @@ def training_summary(logs: dict) -> list[str]:
 
         runtime = next((r.get("train_runtime") for r in log["log_history"] if "train_runtime" in r), None)
         lines.append(
-            f"| {name} (beta = {log['finetune']['diversity_coef']:g}) | {log['finetune']['max_steps']} | "
+            f"| {finetune_label(name, log['finetune'])} | {log['finetune']['max_steps']} | "
             f"{window('diversity/pairwise', 'first'):.3f} -> {window('diversity/pairwise', 'last'):.3f} | "
             f"{window('distill/divergence', 'first'):.3f} -> {window('distill/divergence', 'last'):.3f} | "
             f"{'' if runtime is None else f'{runtime / 60:.0f} min'} |"

@@ -59,3 +59,15 @@ def test_small_budget_runs_every_stage_and_resumes(tmp_path):
     assert sorted(p.name.split("-")[0] for p in set(after) - set(stamps)) == ["lerp", "lerp"]
     assert (results / "reproduction_beta30.md").is_file() and (results / "summary_beta30.json").is_file()
     assert "--diversity_coef 30" in (results / "reproduction_beta30.md").read_text()
+
+    # A diversity target: one more finetune of the same experiment, its controller's coefficient in its log.
+    fourth = subprocess.run(
+        command + ["--diversity_target", "initial"], capture_output=True, text=True, env=env, timeout=1800
+    )
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert len(list((results / "training").glob("*.json"))) == 4
+    logs = [json.loads(p.read_text()) for p in (results / "training").glob("diversity-*.json")]
+    target_log = next(log for log in logs if log["finetune"].get("diversity_target") == "initial")
+    assert [row["diversity/coef"] for row in target_log["log_history"] if "diversity/coef" in row] == [15.0, 15.0]
+    assert (results / "reproduction_target-initial.md").is_file()
+    assert "--diversity_target initial" in (results / "reproduction_target-initial.md").read_text()
