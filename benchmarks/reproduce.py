@@ -114,13 +114,16 @@ BUDGETS = {
 class Progress:
     """Prints each stage with the elapsed time and an estimate of the time left (from measured rates)."""
 
-    plan: list[tuple[str, float]]  # (stage, estimated work units)
+    plan: list[tuple[str, float]]  # (stage, estimated work units), in any order
     seconds_per_unit: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     done: int = 0
 
+    def __post_init__(self):
+        self.remaining = list(self.plan)
+
     def begin(self, stage: str) -> None:
-        left = sum(self._estimate(kind, units) for kind, units in self.plan[self.done :])
+        left = sum(self._estimate(kind, units) for kind, units in self.remaining)
         elapsed = time.perf_counter() - self.started
         print(
             f"[{self.done + 1}/{len(self.plan)}] {stage}  (elapsed {elapsed / 60:.1f} min, "
@@ -131,6 +134,8 @@ class Progress:
     def finish(self, kind: str, units: float, seconds: float | None) -> None:
         if seconds is not None and units > 0:
             self.seconds_per_unit[kind] = seconds / units
+        if (kind, units) in self.remaining:  # stages finish in any order (finetunes are trained when first needed)
+            self.remaining.remove((kind, units))
         self.done += 1
 
     def _estimate(self, kind: str, units: float) -> float:
@@ -296,6 +301,11 @@ def is_cached(path: Path) -> bool:
     return all(name in metrics for name in REQUIRED_METRICS)
 
 
+def finetunes_of(weight: float) -> list[str]:
+    """The finetunes a LERP point is made of (by name): w = 0 is the quality model, w = 1 the diversity model."""
+    return ["quality"] if weight == 0.0 else ["diversity"] if weight == 1.0 else ["quality", "diversity"]
+
+
 def lerp_model(weight: float, adapters: dict[str, Path], checkpoints: Path, budget: Budget) -> str:
     """The finetune itself at w = 0 and w = 1, else the exact LoRA interpolation (written once)."""
     from trl_diversity.toolkit.merging import lerp_merge
@@ -412,11 +422,20 @@ def run(
             )
     else:
         generate_units = budget.num_prompts * budget.num_samples * budget.max_new_tokens
-        plan = [("train", budget.quality.max_steps), ("train", budget.diversity.max_steps)]
-        plan += [("generate", generate_units * (2 if p.guidance_scale != 1 else 1)) for p in points]
-        progress = Progress(plan)
-        adapters = {}
-        for finetune in (budget.quality, budget.diversity):
+        evaluations = [("generate", generate_units * (2 if p.guidance_scale != 1 else 1)) for p in points]
+        # Only the finetunes an uncached point needs are trained.
+        needed = {
+            name for p in points if p.family == "lerp" and not is_cached(cache[p]) for name in finetunes_of(p.value)
+        }
+        plan = [("train", getattr(budget, name).max_steps) for name in ("quality", "diversity") if name in needed]
+        progress = Progress(plan + evaluations)
+        adapters: dict[str, Path] = {}
+
+        def ensure_trained(finetune: Finetune) -> None:
+            """Train a finetune when a point first needs it: a cached point needs none, and the claims' points come
+            first (a diversity model is trained and judged before the quality model is retrained for LERP)."""
+            if finetune.name in adapters:
+                return
             target = f", diversity_target={finetune.diversity_target}" if finetune.diversity_target else ""
             progress.begin(
                 f"finetune {finetune.name} ({finetune.algorithm}, diversity_coef={finetune.diversity_coef:g}{target}, "
@@ -424,14 +443,19 @@ def run(
             )
             adapters[finetune.name], seconds = train_finetune(finetune, budget, checkpoints, results)
             progress.finish("train", finetune.max_steps, seconds)
+
         context = None
         # The points the claims rest on first, so that an interrupted run has already answered the most.
-        order = sorted(zip(points, plan[2:]), key=lambda item: evaluation_priority(item[0]))
+        order = sorted(zip(points, evaluations), key=lambda item: evaluation_priority(item[0]))
         for point, (kind, units) in order:
-            progress.begin(f"evaluate {point.label}")
             if is_cached(cache[point]):
+                progress.begin(f"evaluate {point.label}")
                 progress.finish(kind, units, None)
                 continue
+            if point.family == "lerp":
+                for name in finetunes_of(point.value):
+                    ensure_trained(getattr(budget, name))
+            progress.begin(f"evaluate {point.label}")
             if context is None:
                 from trl_diversity.rewards.embedder import load_embedder
                 from trl_diversity.toolkit.generation import load_generation_model

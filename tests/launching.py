@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +25,8 @@ def launch(*arguments, config: Path = MULTI_CPU, overrides: tuple[str, ...] = ()
     (e.g. `--num_processes 2` on a GPU config)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *overrides]
     command += ["--main_process_port", str(free_port()), *arguments]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    # A crash of a child shows every thread's Python stack (and torch's C++ one) in the output the failure prints.
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return run

@@ -1,0 +1,234 @@
+"""Compare finetunes of the reproduction across runs, from its cache only: no model is loaded, nothing is sampled.
+
+Every finetune's point (a LERP end, w = 0 or w = 1) was evaluated on the same eval prompts with the same sampling
+seed, so any two are paired by prompt. Two reports:
+
+- `--diversity_models`: every diversity model the cache holds (beta = 15, beta = 50, a diversity target, other
+  seeds), each against the beta = 0 model of its own seed, on MiniLM diversity, adherence and the held-out judges,
+  with the evidence issue's claim (b) per model; then seed against seed.
+- `--algorithms`: RLOO against GRPO, the quality model with the quality model and the diversity model with the
+  diversity model, with their training time per step (from the training logs, measured in different runs).
+
+    python benchmarks/compare_finetunes.py --diversity_models   # docs/diversity_models.md
+    python benchmarks/compare_finetunes.py --algorithms         # docs/rloo_vs_grpo.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reproduce.py lies beside this script
+
+from reproduce import BUDGETS, ROOT, Point, Variant, point_file_stem, point_key  # noqa: E402
+
+from trl_diversity.toolkit.comparison import paired_difference  # noqa: E402
+
+QUALITY, MINILM = "adherence", "pairwise_diversity"
+# The judges training never saw, and which direction is better.
+HELD_OUT = {"base_lm_diversity": "higher", "partitions": "higher", "distinct_2": "higher", "self_bleu": "lower"}
+NAMES = {
+    QUALITY: "adherence",
+    MINILM: "MiniLM diversity",
+    "base_lm_diversity": "base-LM diversity",
+    "partitions": "partitions",
+    "distinct_2": "distinct-2",
+    "self_bleu": "self-BLEU",
+    "fluency_nll": "fluency NLL",
+}
+# The evidence issue's claim (b): at least +20% MiniLM diversity over beta = 0, at most 5% adherence loss, a held-out
+# judge agreeing (its paired CI excluding zero in the right direction).
+MIN_DIVERSITY_GAIN, MAX_ADHERENCE_LOSS = 0.20, 0.05
+
+
+def model_point(budget_name: str, variant: Variant, which: str, results: Path) -> dict | None:
+    """The cached point of one finetune (`which`: "quality" is w = 0, "diversity" is w = 1), or None."""
+    from trl_diversity.data import load_prompts
+
+    budget = variant.apply(BUDGETS[budget_name])
+    prompts = list(load_prompts("eval", limit=budget.num_prompts)["prompt"])
+    point = Point("lerp", 0.0 if which == "quality" else 1.0)
+    path = results / "points" / f"{point_file_stem(point)}-{point_key(point, budget, prompts)}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def training_log(budget_name: str, variant: Variant, which: str, results: Path) -> dict | None:
+    finetune = getattr(variant.apply(BUDGETS[budget_name]), which)
+    path = results / "training" / f"{finetune.name}-{finetune.key()}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def seconds_per_step(log: dict | None) -> float | None:
+    if log is None:
+        return None
+    runtime = next((row["train_runtime"] for row in log["log_history"] if "train_runtime" in row), None)
+    return None if runtime is None else runtime / log["finetune"]["max_steps"]
+
+
+def signed(d: dict, digits: int = 3) -> str:
+    return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+def agrees(d: dict, direction: str) -> bool:
+    return d["low"] > 0 if direction == "higher" else d["high"] < 0
+
+
+def diversity_claim(model: dict, reference: dict) -> tuple[list[str], str, dict]:
+    """Claim (b) for one diversity model against its beta = 0 model: the table cells, the verdict, the numbers."""
+    diversity = paired_difference(model["per_prompt"][MINILM], reference["per_prompt"][MINILM])
+    adherence = paired_difference(model["per_prompt"][QUALITY], reference["per_prompt"][QUALITY])
+    gain = diversity["mean"] / reference["metrics"][MINILM]["mean"]
+    loss = -adherence["mean"] / reference["metrics"][QUALITY]["mean"]
+    judges = {name: paired_difference(model["per_prompt"][name], reference["per_prompt"][name]) for name in HELD_OUT}
+    agreeing = [NAMES[name] for name, d in judges.items() if agrees(d, HELD_OUT[name])]
+    parts = [gain >= MIN_DIVERSITY_GAIN, loss <= MAX_ADHERENCE_LOSS, bool(agreeing)]
+    verdict = "**holds**" if all(parts) else "does not hold" if not any(parts[:2]) else "partly"
+    cells = [
+        f"{gain:+.1%} ({signed(diversity)})",
+        f"{-loss:+.1%} ({signed(adherence)})",
+        *(signed(judges[name], 3 if name != "self_bleu" else 2) for name in HELD_OUT),
+        ", ".join(agreeing) or "none",
+        f"{diversity['win_rate']:.0%}",
+    ]
+    numbers = {"diversity_gain": gain, "adherence_change": -loss, "agreeing_judges": agreeing, "verdict": verdict}
+    return cells, verdict, numbers
+
+
+def diversity_models_report(budget_name: str, results: Path) -> tuple[str, dict]:
+    runs = {
+        "beta = 15": Variant(),
+        "beta = 50": Variant(diversity_coef=50.0),
+        "target initial (beta from 15)": Variant(diversity_target="initial"),
+    }
+    seeds = {
+        "beta = 15, seed 1": Variant(seed=1),
+        "target initial, seed 1": Variant(diversity_target="initial", seed=1),
+    }
+    header = (
+        "| diversity model | MiniLM diversity vs beta = 0 | adherence vs beta = 0 | "
+        + " | ".join(NAMES[n] for n in HELD_OUT)
+        + " | held-out judges agreeing | MiniLM win rate | claim (b) |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    summary, missing = {}, []
+    for name, variant in {**runs, **seeds}.items():
+        model = model_point(budget_name, variant, "diversity", results)
+        reference = model_point(budget_name, variant, "quality", results)
+        if model is None or reference is None:
+            missing.append(name)
+            continue
+        cells, verdict, numbers = diversity_claim(model, reference)
+        seed = variant.seed or 0
+        lines.append(f"| {name} (vs beta = 0, seed {seed}) | " + " | ".join(cells) + f" | {verdict} |")
+        log = training_log(budget_name, variant, "diversity", results)
+        coefs = [row["diversity/coef"] for row in (log or {}).get("log_history", []) if "diversity/coef" in row]
+        if coefs:
+            numbers["coef_first_last_max"] = [coefs[0], coefs[-1], max(coefs)]
+        numbers["seconds_per_step"] = seconds_per_step(log)
+        summary[name] = numbers
+    text = [
+        "Each diversity model's w = 1 point against the beta = 0 model (w = 0) of the same training seed, on the "
+        f"same {BUDGETS[budget_name].num_prompts} eval prompts and sampling seed: paired differences with 95% "
+        "bootstrap CIs over prompts. Claim (b): MiniLM diversity at least +20% over beta = 0, adherence at most 5% "
+        "lower, and a held-out judge agreeing (its CI excluding zero in the better direction).",
+        "",
+        *lines,
+    ]
+    if missing:
+        text += ["", f"Not in the cache (not run, or not finished): {', '.join(missing)}."]
+    # The same model across training seeds: how much of a difference the seed alone makes.
+    seed_lines = []
+    for (name, variant), (other_name, other) in (
+        (("beta = 0, seed 0", Variant()), ("beta = 0, seed 1", Variant(seed=1))),
+        (("beta = 15, seed 0", Variant()), ("beta = 15, seed 1", Variant(seed=1))),
+        (
+            ("target initial, seed 0", Variant(diversity_target="initial")),
+            ("target initial, seed 1", Variant(diversity_target="initial", seed=1)),
+        ),
+    ):
+        which = "quality" if name.startswith("beta = 0") else "diversity"
+        a, b = model_point(budget_name, other, which, results), model_point(budget_name, variant, which, results)
+        if a is None or b is None:
+            continue
+        cells = [signed(paired_difference(a["per_prompt"][m], b["per_prompt"][m])) for m in (QUALITY, MINILM)]
+        seed_lines.append(f"| {other_name} - {name} | {cells[0]} | {cells[1]} |")
+    if seed_lines:
+        text += [
+            "",
+            "Seed against seed (the same settings, another training seed):",
+            "",
+            "| difference | adherence | MiniLM diversity |",
+            "|---|---|---|",
+            *seed_lines,
+        ]
+    return "\n".join(text), summary
+
+
+def algorithms_report(budget_name: str, results: Path) -> tuple[str, dict]:
+    grpo, rloo = Variant(), Variant(algorithm="rloo")
+    metrics = (QUALITY, MINILM, *HELD_OUT, "fluency_nll")
+    header = "| RLOO - GRPO | " + " | ".join(NAMES[m] for m in metrics) + " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    absolute = ["| model | " + " | ".join(NAMES[m] for m in metrics) + " | train s / step |", ""]
+    absolute[1] = "|" + "---|" * (absolute[0].count("|") - 1)
+    summary, missing = {}, []
+    for which, label in (("quality", "quality model (beta = 0)"), ("diversity", "diversity model (beta = 15)")):
+        a, b = model_point(budget_name, rloo, which, results), model_point(budget_name, grpo, which, results)
+        for algorithm, variant, entry in (("GRPO", grpo, b), ("RLOO", rloo, a)):
+            if entry is None:
+                continue
+            step = seconds_per_step(training_log(budget_name, variant, which, results))
+            values = [f"{entry['metrics'][m]['mean']:.3f}" for m in metrics]
+            absolute.append(
+                f"| {algorithm} {label} | " + " | ".join(values) + f" | {'' if step is None else f'{step:.1f}'} |"
+            )
+        if a is None or b is None:
+            missing.append(f"RLOO {label}")
+            continue
+        differences = {m: paired_difference(a["per_prompt"][m], b["per_prompt"][m]) for m in metrics}
+        lines.append(f"| {label} | " + " | ".join(signed(differences[m]) for m in metrics) + " |")
+        summary[which] = {m: differences[m] for m in metrics}
+    text = [
+        "RLOO's finetunes against GRPO's at the same budget and method settings (80 steps, LoRA, learning rate "
+        "2e-4, k = 4, guidance 3, reverse KL, seed 0), each algorithm with its own defaults otherwise: GRPO "
+        "`beta = 0`, `loss_type = dapo`; RLOO `beta = 0.05` (KL in the reward). Paired by prompt, 95% bootstrap CIs.",
+        "",
+        *absolute,
+        "",
+        *lines,
+    ]
+    if missing:
+        text += ["", f"Not in the cache (not run, or not finished): {', '.join(missing)}."]
+    return "\n".join(text), summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", choices=list(BUDGETS), default="full")
+    parser.add_argument("--results", default=None)
+    parser.add_argument("--diversity_models", action="store_true")
+    parser.add_argument("--algorithms", action="store_true")
+    parser.add_argument("--out", default=None, help="Markdown file (default: docs/<report>.md)")
+    args = parser.parse_args(argv)
+    if args.diversity_models == args.algorithms:
+        parser.error("choose one of --diversity_models and --algorithms")
+    results = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction-{args.budget}")
+    name, build = (
+        ("diversity_models", diversity_models_report) if args.diversity_models else ("rloo_vs_grpo", algorithms_report)
+    )
+    text, summary = build(args.budget, results)
+    out = Path(args.out or ROOT / "docs" / f"{name}.md")
+    from trl_diversity.atomic import write_text_atomic
+
+    command = (
+        f"python benchmarks/compare_finetunes.py --{'diversity_models' if args.diversity_models else 'algorithms'}"
+    )
+    write_text_atomic(out, f"{text}\n\nMade by `{command}` from the reproduction's cache ({results.name}).\n")
+    write_text_atomic(results / f"{name}.json", json.dumps(summary, indent=1) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
