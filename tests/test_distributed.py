@@ -78,7 +78,7 @@ def test_the_rloo_recipe_runs_a_step_under_accelerate_launch(tiny_checkpoint, tm
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "smollm2-135m" / "rloo.yaml"
     flags = ["--model_name_or_path", tiny_checkpoint, "--output_dir", str(tmp_path), "--max_steps", "1"]
     flags += ["--per_device_train_batch_size", "2", "--max_completion_length", "8", "--report_prompts", "0"]
-    flags += ["--save_steps", "1", "--diversity_reward", "lexical", "--learning_rate", "1e-3"]
+    flags += ["--save_steps", "1", "--logging_steps", "1", "--diversity_reward", "lexical", "--learning_rate", "1e-3"]
     launch("-m", "trl_diversity.cli", "train", str(recipe), *flags)
     state = json.loads((tmp_path / "checkpoint-1" / "trainer_state.json").read_text())
     logged = state["log_history"][0]

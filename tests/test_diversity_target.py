@@ -2,8 +2,7 @@
 every process (tests/test_distributed.py), and resumes exactly from a checkpoint."""
 
 import pytest
-import torch
-from test_resume import StopAt, final_weights
+from test_resume import assert_same_weights, final_weights, run_interrupted_and_resumed
 from test_trainer import logged, make_args, make_trainer
 
 from trl_diversity.trainer.diversity_controller import current_controller
@@ -46,21 +45,15 @@ def test_a_resumed_run_continues_with_the_uninterrupted_coefficient(tiny_checkpo
         diversity_target=2.0,
         diversity_coef=4.0,
     )
-    uninterrupted = make_trainer(tiny_checkpoint, tmp_path / "a", **settings)
-    uninterrupted.train()
-    interrupted = make_trainer(tiny_checkpoint, tmp_path / "b", **settings)
-    interrupted.add_callback(StopAt(2))
-    interrupted.train()
-    resumed = make_trainer(tiny_checkpoint, tmp_path / "b", **settings)
-    assert resumed.diversity_coef == 4.0  # a fresh controller, until the checkpoint is loaded
-    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-2"))
+    uninterrupted, _, resumed = run_interrupted_and_resumed(
+        lambda folder, **kwargs: make_trainer(tiny_checkpoint, folder, **kwargs), tmp_path, settings
+    )
+    # A controller that did not reload its state would run steps 3-4 from diversity_coef again.
     assert current_controller(resumed).state_dict() == current_controller(uninterrupted).state_dict()
     # The resumed log history holds the checkpoint's steps 1-2, then its own 3-4: every coefficient the same.
     assert logged(resumed, "diversity/coef") == logged(uninterrupted, "diversity/coef")
     assert len(set(logged(uninterrupted, "diversity/coef"))) == 4  # it moved at every batch
-    expected, got = final_weights(uninterrupted), final_weights(resumed)
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], msg=f"{name} differs after resuming")
+    assert_same_weights(resumed, final_weights(uninterrupted))
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import torch
 from datasets import IterableDataset
 from peft import LoraConfig, get_peft_model
 from test_drop_in import TIMING, always_none, brevity, reward_model
-from test_resume import StopAt, final_weights
+from test_resume import assert_same_weights, final_weights, run_interrupted_and_resumed
 from test_trainer import TINY_RUN, logged
 from tiny import build_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,17 +173,11 @@ def test_evaluation_before_and_after_training(tiny_checkpoint, tmp_path):
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_checkpoint, tmp_path):
     settings = dict(max_steps=4, save_strategy="steps", save_steps=2, full_determinism=True)
-    uninterrupted = rloo_trainer(tiny_checkpoint, tmp_path / "a", **settings)
-    uninterrupted.train()
-    interrupted = rloo_trainer(tiny_checkpoint, tmp_path / "b", **settings)
-    interrupted.add_callback(StopAt(2))
-    interrupted.train()
-    resumed = rloo_trainer(tiny_checkpoint, tmp_path / "b", **settings)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-2"))
-    assert resumed.state.global_step == 4
-    expected, got, moved = final_weights(uninterrupted), final_weights(resumed), final_weights(interrupted)
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], msg=f"{name} differs after resuming")
+    uninterrupted, interrupted, resumed = run_interrupted_and_resumed(
+        lambda folder, **kwargs: rloo_trainer(tiny_checkpoint, folder, **kwargs), tmp_path, settings
+    )
+    expected, moved = final_weights(uninterrupted), final_weights(interrupted)
+    assert_same_weights(resumed, expected)
     assert any(not torch.equal(moved[name], expected[name]) for name in expected)  # steps 3-4 did change weights
 
 
