@@ -43,15 +43,38 @@ NAMES = {
 MIN_DIVERSITY_GAIN, MAX_ADHERENCE_LOSS = 0.20, 0.05
 
 
-def model_point(budget_name: str, variant: Variant, which: str, results: Path) -> dict | None:
-    """The cached point of one finetune (`which`: "quality" is w = 0, "diversity" is w = 1), or None."""
+def cached_point(budget_name: str, variant: Variant, point: Point, results: Path) -> dict | None:
+    """One evaluated point of a run, from the cache, or None."""
     from trl_diversity.data import load_prompts
 
     budget = variant.apply(BUDGETS[budget_name])
     prompts = list(load_prompts("eval", limit=budget.num_prompts)["prompt"])
-    point = Point("lerp", 0.0 if which == "quality" else 1.0)
     path = results / "points" / f"{point_file_stem(point)}-{point_key(point, budget, prompts)}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def model_point(budget_name: str, variant: Variant, which: str, results: Path) -> dict | None:
+    """The cached point of one finetune (`which`: "quality" is w = 0, "diversity" is w = 1), or None."""
+    return cached_point(budget_name, variant, Point("lerp", 0.0 if which == "quality" else 1.0), results)
+
+
+def fronts(budget_name: str, results: Path) -> dict[str, list[dict]]:
+    """The baselines' and the fixed-beta dials' points (each complete in the cache): CFG and temperature on the base
+    model, and the LERP of beta = 0 with beta = 15 and with beta = 50."""
+    budget = BUDGETS[budget_name]
+    families = {
+        "CFG": [Point("cfg", g, guidance_scale=g) for g in budget.guidance_scales],
+        "temperature": [Point("temperature", t, temperature=t) for t in budget.temperatures],
+    }
+    found = {
+        name: [cached_point(budget_name, Variant(), p, results) for p in points] for name, points in families.items()
+    }
+    for beta in (15.0, 50.0):
+        points = [Point("lerp", w) for w in budget.weights]
+        found[f"LERP beta 0-{beta:g}"] = [
+            cached_point(budget_name, Variant(diversity_coef=beta), p, results) for p in points
+        ]
+    return {name: points for name, points in found.items() if all(p is not None for p in points)}
 
 
 def training_log(budget_name: str, variant: Variant, which: str, results: Path) -> dict | None:
@@ -96,7 +119,7 @@ def diversity_claim(model: dict, reference: dict) -> tuple[list[str], str, dict]
     return cells, verdict, numbers
 
 
-def diversity_models_report(budget_name: str, results: Path) -> tuple[str, dict]:
+def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tuple[str, dict]:
     runs = {
         "beta = 15": Variant(),
         "beta = 50": Variant(diversity_coef=50.0),
@@ -138,6 +161,43 @@ def diversity_models_report(budget_name: str, results: Path) -> tuple[str, dict]
     ]
     if missing:
         text += ["", f"Not in the cache (not run, or not finished): {', '.join(missing)}."]
+    # A single model has no front of its own: how much more diverse is it than each front at its own adherence?
+    from trl_diversity.toolkit.comparison import gap_to_front
+
+    baselines = fronts(budget_name, results)
+    gap_lines = []
+    for name, variant in runs.items():
+        model = model_point(budget_name, variant, "diversity", results)
+        if model is None:
+            continue
+        cells, gaps = [], {}
+        for front_name, family in baselines.items():
+            gaps[front_name] = gap_to_front(model["per_prompt"], [p["per_prompt"] for p in family], QUALITY, MINILM)
+            cells.append("outside its adherence range" if gaps[front_name] is None else signed(gaps[front_name]))
+        summary.setdefault(name, {})["minilm_over_front_at_own_adherence"] = gaps
+        gap_lines.append(f"| {name} ({model['metrics'][QUALITY]['mean']:.3f}) | " + " | ".join(cells) + " |")
+    if gap_lines:
+        header = "| model (its adherence) | " + " | ".join(f"vs {name} front" for name in baselines) + " |"
+        text += [
+            "",
+            "MiniLM diversity of each diversity model over each front at the model's own adherence (the front is "
+            "linearly interpolated between its Pareto points; paired bootstrap over prompts, 95% CI). Above zero: "
+            "the model is more diverse than what that dial offers at the same adherence.",
+            "",
+            header,
+            "|" + "---|" * (header.count("|") - 1),
+            *gap_lines,
+        ]
+    # Training curves: the on-policy diversity of every model, and the target model's coefficient.
+    logs = {"quality": training_log(budget_name, Variant(), "quality", results)}
+    for name, variant in zip(("diversity", "diversity-50", "target"), runs.values()):
+        logs[name] = training_log(budget_name, variant, "diversity", results)
+    logs = {name: log for name, log in logs.items() if log is not None}
+    if logs:
+        from reproduction_report import plot_training
+
+        plotted = plot_training(logs, plot)
+        text += ["", f"![training]({plot.name})", "", f"Curves per training step: {', '.join(plotted)}."]
     # The same model across training seeds: how much of a difference the seed alone makes.
     seed_lines = []
     for (name, variant), (other_name, other) in (
@@ -166,7 +226,7 @@ def diversity_models_report(budget_name: str, results: Path) -> tuple[str, dict]
     return "\n".join(text), summary
 
 
-def algorithms_report(budget_name: str, results: Path) -> tuple[str, dict]:
+def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str, dict]:
     grpo, rloo = Variant(), Variant(algorithm="rloo")
     metrics = (QUALITY, MINILM, *HELD_OUT, "fluency_nll")
     header = "| RLOO - GRPO | " + " | ".join(NAMES[m] for m in metrics) + " |"
@@ -210,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default=None)
     parser.add_argument("--diversity_models", action="store_true")
     parser.add_argument("--algorithms", action="store_true")
-    parser.add_argument("--out", default=None, help="Markdown file (default: docs/<report>.md)")
+    parser.add_argument("--out", default=None, help="Markdown file (default: docs/<report>.md); plots beside it")
+    parser.add_argument("--summary", default=None, help="JSON of the numbers (default: <results>/<report>.json)")
     args = parser.parse_args(argv)
     if args.diversity_models == args.algorithms:
         parser.error("choose one of --diversity_models and --algorithms")
@@ -218,15 +279,15 @@ def main(argv: list[str] | None = None) -> None:
     name, build = (
         ("diversity_models", diversity_models_report) if args.diversity_models else ("rloo_vs_grpo", algorithms_report)
     )
-    text, summary = build(args.budget, results)
     out = Path(args.out or ROOT / "docs" / f"{name}.md")
+    text, summary = build(args.budget, results, out.with_name(f"{out.stem}_training.png"))
     from trl_diversity.atomic import write_text_atomic
 
     command = (
         f"python benchmarks/compare_finetunes.py --{'diversity_models' if args.diversity_models else 'algorithms'}"
     )
     write_text_atomic(out, f"{text}\n\nMade by `{command}` from the reproduction's cache ({results.name}).\n")
-    write_text_atomic(results / f"{name}.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(Path(args.summary or results / f"{name}.json"), json.dumps(summary, indent=1) + "\n")
     print(text)
 
 

@@ -53,3 +53,13 @@ def test_matched_quality_gap_is_none_without_a_shared_range():
     a = _family(lambda q: 1 - q, [0.1, 0.2], 0.001, rng)
     b = _family(lambda q: 1 - q, [0.5, 0.6], 0.001, rng)
     assert matched_quality_gap(a, b, "q", "d", resamples=50) is None
+
+
+def test_gap_to_front_reads_the_front_at_the_points_own_quality():
+    from trl_diversity.toolkit.comparison import gap_to_front
+
+    # A front from (0.4, 0.8) down to (0.6, 0.4); a model at quality 0.5 with diversity 0.7 lies 0.1 above it.
+    family = [{"q": [0.4, 0.4], "d": [0.8, 0.8]}, {"q": [0.6, 0.6], "d": [0.4, 0.4]}]
+    gap = gap_to_front({"q": [0.5, 0.5], "d": [0.7, 0.7]}, family, "q", "d", resamples=50)
+    assert gap["mean"] == pytest.approx(0.1) and gap["low"] == pytest.approx(0.1) and gap["inside_resamples"] == 1.0
+    assert gap_to_front({"q": [0.7, 0.7], "d": [0.7, 0.7]}, family, "q", "d", resamples=50) is None  # outside

@@ -71,3 +71,19 @@ def test_small_budget_runs_every_stage_and_resumes(tmp_path):
     assert [row["diversity/coef"] for row in target_log["log_history"] if "diversity/coef" in row] == [15.0, 15.0]
     assert (results / "reproduction_target-initial.md").is_file()
     assert "--diversity_target initial" in (results / "reproduction_target-initial.md").read_text()
+
+
+def test_compare_finetunes_reads_the_committed_cache_without_a_model(tmp_path):
+    """The diversity models' comparison is rebuilt from the committed full-budget cache alone, paired by prompt."""
+    results = ROOT / "benchmarks" / "results" / "reproduction-full"
+    command = [sys.executable, str(ROOT / "benchmarks" / "compare_finetunes.py"), "--diversity_models"]
+    command += ["--out", str(tmp_path / "models.md"), "--results", str(results), "--summary", str(tmp_path / "s.json")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_DIVERSITY_CACHE": str(tmp_path / "no-model-here")}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = (tmp_path / "models.md").read_text()
+    # The beta = 15 row is the one docs/reproduction.md reports: +7.8% MiniLM diversity, -1.3% adherence.
+    assert "| beta = 15 (vs beta = 0, seed 0) | +7.8% (+0.033 [+0.012, +0.054]) | -1.3%" in text
+    assert (tmp_path / "s.json").read_text() == (results / "diversity_models.json").read_text()  # the same numbers
+    assert (tmp_path / "models_training.png").stat().st_size > 0
+    assert not (tmp_path / "no-model-here").exists()  # no model was converted or loaded

@@ -109,3 +109,45 @@ def matched_quality_gap(
         "quality_range": [estimate[1], estimate[2]],
         "overlapping_resamples": float(gaps.size / resamples),
     }
+
+
+def gap_to_front(
+    point: dict,
+    family: list[dict],
+    quality: str,
+    diversity: str,
+    confidence: float = 0.95,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> dict | None:
+    """Diversity of one model over a front's, at the model's own quality: how much more diverse it is than what the
+    front offers at the same quality (a single model has no front of its own to compare at matched quality).
+
+    `point` and each member of `family` are `per_prompt` dicts on the same prompts. The front (Pareto, linearly
+    interpolated) is read at the point's mean quality; the CI resamples prompts jointly for the point and the family.
+    None when the point's quality lies outside the front's quality range.
+    """
+
+    def gap(index):
+        own_quality = float(np.nanmean(np.asarray(point[quality], dtype=float)[index]))
+        own_diversity = float(np.nanmean(np.asarray(point[diversity], dtype=float)[index]))
+        members = [
+            (
+                float(np.nanmean(np.asarray(p[quality], dtype=float)[index])),
+                float(np.nanmean(np.asarray(p[diversity], dtype=float)[index])),
+            )
+            for p in family
+        ]
+        edge = front(members)
+        if not edge[0][0] <= own_quality <= edge[-1][0]:
+            return None
+        return own_diversity - float(np.interp(own_quality, [q for q, _ in edge], [d for _, d in edge]))
+
+    num_prompts = len(point[quality])
+    estimate = gap(np.arange(num_prompts))
+    if estimate is None:
+        return None
+    samples = [gap(index) for index in _bootstrap_indices(num_prompts, resamples, seed)]
+    gaps = np.array([s for s in samples if s is not None])
+    low, high = _interval(gaps, confidence) if gaps.size else (float("nan"), float("nan"))
+    return {"mean": estimate, "low": low, "high": high, "inside_resamples": float(gaps.size / resamples)}
