@@ -57,6 +57,21 @@ def test_two_processes_score_whole_groups_once_and_give_the_one_process_rewards(
     assert all(calls), "both processes scored groups"
     assert sorted(calls[0] + calls[1]) == sorted(p for step in grpo["steps"] for p in step["prompts"][::4])
 
+    # 3. RLOO with a diversity target: each group spans both processes and gets the one-process diversity rewards;
+    # each process added its slice of coef * (d_i - b_i), and both used the same coefficient at every step.
+    rloo = result["rloo"]
+    assert len(rloo["steps"]) == 2
+    for step_number, step in enumerate(rloo["steps"]):
+        expected = group_diversity_rewards(embed(embedding.embedder, step["completions"]), 4)
+        torch.testing.assert_close(torch.tensor(step["diversity"]), expected, atol=1e-6, rtol=0)
+        coefs = [process["coefs"][step_number] for process in rloo["processes"]]
+        assert coefs[0] == coefs[1], "the controller's coefficient differs between processes"
+        total = [a for process in rloo["processes"] for a in process["advantages"][step_number]]
+        diversity = coefs[0] * diversity_advantages(torch.tensor(step["diversity"]), 4)
+        torch.testing.assert_close(torch.tensor(total), torch.tensor(step["grpo_advantages"]) + diversity)
+    first, second = (rloo["processes"][0]["coefs"][i] for i in (0, 1))
+    assert first == 4.0 and second > first  # below the target: the coefficient rose
+
     assert all("loss" in entry for entry in ours["log_history"][:2])
     saved = AutoModelForCausalLM.from_pretrained(tmp_path)
     initial = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)

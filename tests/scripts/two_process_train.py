@@ -6,6 +6,8 @@
    groups it scores).
 2. A plain `trl.GRPOTrainer` run with the user reward through `as_reward_function`, 6 completions per process: 3
    groups per step, the middle one spanning the processes, the groups shared out between them.
+3. A DiversityCFGRLOOTrainer run with a diversity target (embedding measure, no quality reward), 2 completions per
+   process: RLOO's groups span the processes too, and the controller's coefficient must be the same on both.
 
 The main process writes, per step, what the trainers logged (gathered over processes) and each process's own
 advantages and scored groups, for the test to recompute on one process.
@@ -23,7 +25,12 @@ from trl import GRPOConfig, GRPOTrainer
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for toy_group_rewards
 import toy_group_rewards  # noqa: E402
 
-from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer  # noqa: E402
+from trl_diversity import (  # noqa: E402
+    DiversityCFGConfig,
+    DiversityCFGRLOOConfig,
+    DiversityCFGRLOOTrainer,
+    DiversityCFGTrainer,
+)
 from trl_diversity.data import load_prompts  # noqa: E402
 from trl_diversity.rewards import LexicalDiversity, PartitionDiversity, as_reward_function  # noqa: E402
 from trl_diversity.rewards.text import completion_text  # noqa: E402
@@ -50,6 +57,7 @@ class Recorded:
     """Per step: the global batch as logged (prompts, completions, rewards) and this process's advantages."""
 
     def _generate_and_score_completions(self, inputs):
+        coef = getattr(self, "diversity_coef", None)  # the coefficient this batch trains with
         output = super()._generate_and_score_completions(inputs)
         size = len(inputs) * self.accelerator.num_processes
         diversity = getattr(self, "_latest_diversity_rewards", None)
@@ -61,6 +69,7 @@ class Recorded:
                 "grpo_advantages": list(self._logs["advantages"])[-size:],
                 "diversity": None if diversity is None else diversity.tolist(),
                 "local_advantages": output["advantages"].tolist(),
+                "coef": coef,
             }
         )
         return output
@@ -74,9 +83,15 @@ class RecordedGRPOTrainer(Recorded, GRPOTrainer):
     recorded = []
 
 
+class RecordedDiversityCFGRLOOTrainer(Recorded, DiversityCFGRLOOTrainer):
+    recorded = []
+
+
 def finish(trainer, calls):
     """Everything the test needs, with each process's own part gathered in rank order."""
-    per_process = gather_object([{"advantages": [s["local_advantages"] for s in trainer.recorded], "calls": calls}])
+    own = {"advantages": [s["local_advantages"] for s in trainer.recorded], "calls": calls}
+    own["coefs"] = [s["coef"] for s in trainer.recorded]
+    per_process = gather_object([own])
     return {"steps": trainer.recorded, "processes": per_process, "log_history": trainer.state.log_history}
 
 
@@ -109,7 +124,23 @@ grpo = RecordedGRPOTrainer(
 grpo.train()
 result["grpo"] = finish(grpo, list(toy_group_rewards.CALLS))
 
+rloo = RecordedDiversityCFGRLOOTrainer(
+    model=checkpoint,
+    args=DiversityCFGRLOOConfig(
+        output_dir=os.path.join(output_dir, "rloo"),
+        per_device_train_batch_size=2,
+        diversity_target=2.0,  # the embedding measure's maximum: above any batch's mean, so the coefficient rises
+        diversity_coef=4.0,
+        distill_coef=0.0,
+        **TINY,
+    ),
+    train_dataset=load_prompts("train", conversational=True, limit=8),
+    processing_class=tokenizer,
+)
+rloo.train()
+result["rloo"] = finish(rloo, [])
+
 if ours.accelerator.is_main_process:
     with open(os.path.join(output_dir, "result.json"), "w") as f:
         json.dump(result, f)
-end_distributed_run(grpo.accelerator)
+end_distributed_run(rloo.accelerator)
