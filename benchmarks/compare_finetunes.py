@@ -253,7 +253,10 @@ def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str,
     text = [
         "RLOO's finetunes against GRPO's at the same budget and method settings (80 steps, LoRA, learning rate "
         "2e-4, k = 4, guidance 3, reverse KL, seed 0), each algorithm with its own defaults otherwise: GRPO "
-        "`beta = 0`, `loss_type = dapo`; RLOO `beta = 0.05` (KL in the reward). Paired by prompt, 95% bootstrap CIs.",
+        "`beta = 0`, `loss_type = dapo`; RLOO `beta = 0.05` (KL in the reward). Paired by prompt, 95% bootstrap CIs. "
+        "`train s / step` is each run's own wall time per step, measured in different sessions under different loads "
+        "(the two GRPO runs, 13.0 and 18.8, differ as much as the algorithms do): it is not a speed comparison. RLOO "
+        "does one more forward per step (the reference model's log-probabilities for its KL penalty).",
         "",
         *absolute,
         "",
