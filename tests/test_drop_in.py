@@ -86,13 +86,18 @@ def test_with_the_method_off_it_is_grpo_exactly(tiny_checkpoint, tmp_path, monke
     # Nothing of the method exists.
     assert ours.teacher is None and ours.diversity_reward is None and ours.embedder is None
 
-    assert [entry.keys() for entry in ours.state.log_history] == [entry.keys() for entry in grpo.state.log_history]
-    for theirs, mine in zip(grpo.state.log_history, ours.state.log_history):
-        for key, value in theirs.items():
+    assert_same_run(grpo, ours, "GRPO")
+
+
+def assert_same_run(theirs, ours, name: str) -> None:
+    """The same logged metric names and values at every step (wall-clock entries aside) and the same final weights."""
+    assert [entry.keys() for entry in ours.state.log_history] == [entry.keys() for entry in theirs.state.log_history]
+    for expected, got in zip(theirs.state.log_history, ours.state.log_history):
+        for key, value in expected.items():
             if not any(word in key for word in TIMING):
-                assert mine[key] == value, f"{key}: GRPO logged {value}, ours {mine[key]}"
-    for (name, p), q in zip(grpo.model.named_parameters(), ours.model.parameters()):
-        assert torch.equal(p, q), f"{name} trained differently"
+                assert got[key] == value, f"{key}: {name} logged {value}, ours {got[key]}"
+    for (parameter, p), q in zip(theirs.model.named_parameters(), ours.model.parameters()):
+        assert torch.equal(p, q), f"{parameter} trained differently"
 
 
 def test_the_all_none_warning_is_grpos_with_the_method_off_and_on(tiny_checkpoint, tmp_path, caplog):

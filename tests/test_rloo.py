@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import IterableDataset
 from peft import LoraConfig, get_peft_model
-from test_drop_in import TIMING, always_none, brevity, reward_model
+from test_drop_in import always_none, assert_same_run, brevity, reward_model
 from test_resume import assert_same_weights, final_weights, run_interrupted_and_resumed
 from test_trainer import TINY_RUN, logged
 from tiny import build_model
@@ -87,13 +87,19 @@ def test_with_the_method_off_it_is_rloo_exactly(tiny_checkpoint, tmp_path, monke
     assert ours.reward_processing_classes == rloo.reward_processing_classes
     assert ours.teacher is None and ours.diversity_reward is None and ours.embedder is None
     assert warnings_seen[0] == warnings_seen[1]
-    assert [entry.keys() for entry in ours.state.log_history] == [entry.keys() for entry in rloo.state.log_history]
-    for theirs, mine in zip(rloo.state.log_history, ours.state.log_history):
-        for key, value in theirs.items():
-            if not any(word in key for word in TIMING):
-                assert mine[key] == value, f"{key}: RLOO logged {value}, ours {mine[key]}"
-    for (name, p), q in zip(rloo.model.named_parameters(), ours.model.parameters()):
-        assert torch.equal(p, q), f"{name} trained differently"
+    assert_same_run(rloo, ours, "RLOO")
+
+
+def test_the_all_none_warning_is_rloos_with_the_method_off_and_on(tiny_checkpoint, tmp_path, caplog):
+    for name, extra in (
+        ("off", {"distill_coef": 0.0, "diversity_coef": 0.0}),
+        ("on", {"diversity_reward": "lexical"}),
+    ):
+        trainer = rloo_trainer(tiny_checkpoint, tmp_path / name, reward_funcs=[always_none], max_steps=1, **extra)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trl.trainer.rloo_trainer"):
+            trainer.train()
+        assert "All reward functions returned None" in caplog.text, name
 
 
 def test_without_a_quality_reward_rloos_kl_penalty_still_shapes_the_advantages(tiny_checkpoint, tmp_path):

@@ -63,6 +63,16 @@ def _gap_at_matched_quality(family_a, family_b, grid_size: int) -> tuple[float, 
     return float(np.mean(diversity_a - diversity_b)), float(low), float(high)
 
 
+def _arrays(family: list[dict], quality: str, diversity: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each point's per-prompt (quality, diversity) values as arrays."""
+    return [(np.asarray(p[quality], dtype=float), np.asarray(p[diversity], dtype=float)) for p in family]
+
+
+def _means(arrays: list[tuple[np.ndarray, np.ndarray]], index: np.ndarray) -> list[tuple[float, float]]:
+    """Each point's (quality, diversity) means over the prompts `index` selects (a bootstrap resample)."""
+    return [(float(np.nanmean(q[index])), float(np.nanmean(d[index]))) for q, d in arrays]
+
+
 def matched_quality_gap(
     family_a: list[dict],
     family_b: list[dict],
@@ -81,18 +91,13 @@ def matched_quality_gap(
     fronts share no quality range.
     """
 
-    def arrays(family):
-        return [(np.asarray(p[quality], dtype=float), np.asarray(p[diversity], dtype=float)) for p in family]
-
-    a, b = arrays(family_a), arrays(family_b)
+    a, b = _arrays(family_a, quality, diversity), _arrays(family_b, quality, diversity)
     sizes = {q.size for q, _ in a + b} | {d.size for _, d in a + b}
     if len(sizes) != 1:
         raise ValueError("Every point of both families must be evaluated on the same prompts.")
 
     def gap(index):
-        points_a = [(float(np.nanmean(q[index])), float(np.nanmean(d[index]))) for q, d in a]
-        points_b = [(float(np.nanmean(q[index])), float(np.nanmean(d[index]))) for q, d in b]
-        return _gap_at_matched_quality(points_a, points_b, grid_size)
+        return _gap_at_matched_quality(_means(a, index), _means(b, index), grid_size)
 
     num_prompts = sizes.pop()
     estimate = gap(np.arange(num_prompts))
@@ -128,17 +133,11 @@ def gap_to_front(
     None when the point's quality lies outside the front's quality range.
     """
 
+    own, members = _arrays([point], quality, diversity), _arrays(family, quality, diversity)
+
     def gap(index):
-        own_quality = float(np.nanmean(np.asarray(point[quality], dtype=float)[index]))
-        own_diversity = float(np.nanmean(np.asarray(point[diversity], dtype=float)[index]))
-        members = [
-            (
-                float(np.nanmean(np.asarray(p[quality], dtype=float)[index])),
-                float(np.nanmean(np.asarray(p[diversity], dtype=float)[index])),
-            )
-            for p in family
-        ]
-        edge = front(members)
+        [(own_quality, own_diversity)] = _means(own, index)
+        edge = front(_means(members, index))
         if not edge[0][0] <= own_quality <= edge[-1][0]:
             return None
         return own_diversity - float(np.interp(own_quality, [q for q, _ in edge], [d for _, d in edge]))
