@@ -59,8 +59,8 @@ def model_point(budget_name: str, variant: Variant, which: str, results: Path) -
 
 
 def fronts(budget_name: str, results: Path) -> dict[str, list[dict]]:
-    """The baselines' and the fixed-beta dials' points (each complete in the cache): CFG and temperature on the base
-    model, and the LERP of beta = 0 with beta = 15 and with beta = 50."""
+    """The baselines' and the dials' points (each complete in the cache): CFG and temperature on the base model, and
+    the LERP of beta = 0 with beta = 15, with beta = 50 and with the target model."""
     budget = BUDGETS[budget_name]
     families = {
         "CFG": [Point("cfg", g, guidance_scale=g) for g in budget.guidance_scales],
@@ -69,11 +69,10 @@ def fronts(budget_name: str, results: Path) -> dict[str, list[dict]]:
     found = {
         name: [cached_point(budget_name, Variant(), p, results) for p in points] for name, points in families.items()
     }
-    for beta in (15.0, 50.0):
-        points = [Point("lerp", w) for w in budget.weights]
-        found[f"LERP beta 0-{beta:g}"] = [
-            cached_point(budget_name, Variant(diversity_coef=beta), p, results) for p in points
-        ]
+    dials = {f"LERP beta 0-{beta:g}": Variant(diversity_coef=beta) for beta in (15.0, 50.0)}
+    dials["LERP beta 0-target"] = Variant(diversity_target="initial")
+    for name, variant in dials.items():
+        found[name] = [cached_point(budget_name, variant, Point("lerp", w), results) for w in budget.weights]
     return {name: points for name, points in found.items() if all(p is not None for p in points)}
 
 
@@ -166,7 +165,7 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
 
     baselines = fronts(budget_name, results)
     gap_lines = []
-    for name, variant in runs.items():
+    for name, variant in {**runs, **seeds}.items():
         model = model_point(budget_name, variant, "diversity", results)
         if model is None:
             continue
@@ -223,7 +222,38 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
             "|---|---|---|",
             *seed_lines,
         ]
+    text += ["", *compute_table(results)]
     return "\n".join(text), summary
+
+
+def compute_table(results: Path) -> list[str]:
+    """Every finetune the cache holds, with its training time: each run is reported, whichever table it feeds."""
+    lines = [
+        "Compute: every finetune in the cache (80 steps each on 2 CPU cores; wall time of `train()`, measured under "
+        "whatever else the machine ran).",
+        "",
+        "| finetune | algorithm | diversity_coef | diversity_target | seed | train min | s / step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for path in sorted((results / "training").glob("*.json")):
+        log = json.loads(path.read_text())
+        finetune = log["finetune"]
+        step = seconds_per_step(log)
+        rows.append(
+            (
+                finetune["name"],
+                finetune.get("algorithm") or "grpo",
+                f"{finetune['diversity_coef']:g}",
+                finetune.get("diversity_target") or "",
+                str(finetune.get("seed", 0)),
+                "" if step is None else f"{step * finetune['max_steps'] / 60:.1f}",
+                "" if step is None else f"{step:.1f}",
+            )
+        )
+    total = sum(float(row[5]) for row in rows if row[5])
+    lines += ["| " + " | ".join(row) + " |" for row in sorted(rows, key=lambda row: (row[4], row[1], row[0], row[2]))]
+    return [*lines, "", f"{len(rows)} finetunes, {total:.0f} min of training in all."]
 
 
 def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str, dict]:
@@ -264,6 +294,25 @@ def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str,
     ]
     if missing:
         text += ["", f"Not in the cache (not run, or not finished): {', '.join(missing)}."]
+    side_by_side = results.parent / "step_time_rloo.json"
+    if side_by_side.is_file():
+        timing = json.loads(side_by_side.read_text())
+        grpo_step, rloo_step = timing["grpo"]["median_step_s"], timing["rloo"]["median_step_s"]
+        rounds = ", ".join(f"{r:.2f}" for r in timing["ratio_per_round"])
+        text += [
+            "",
+            f"Step time measured side by side in one process (`python benchmarks/step_time.py --compare rloo`, "
+            f"{timing['config']['rounds']} alternating rounds of {timing['config']['steps_per_round']} steps, the "
+            f"method on in both): median step GRPO {grpo_step:.2f} s, RLOO {rloo_step:.2f} s, **RLOO / GRPO "
+            f"{timing['ratio_median']:.2f}x** (per round: {rounds}). Parts: "
+            "[benchmarks/results/step_time_rloo.md](../benchmarks/results/step_time_rloo.md).",
+        ]
+        summary["step_time_side_by_side"] = {
+            "grpo_median_step_s": grpo_step,
+            "rloo_median_step_s": rloo_step,
+            "ratio_median": timing["ratio_median"],
+            "ratio_per_round": timing["ratio_per_round"],
+        }
     return "\n".join(text), summary
 
 

@@ -4,6 +4,7 @@
     python benchmarks/reproduce.py --budget small   # every stage at toy sizes (minutes; runs as a test)
     python benchmarks/reproduce.py --budget full --report_only   # rebuild the report from the cached points
     python benchmarks/reproduce.py --budget full --diversity_coef 50   # another diversity model, same everything else
+    python benchmarks/reproduce.py --budget full --seed 1 --endpoints_only   # the two finetunes' own points only
 
 Stages, each cached so that a re-run computes only what is missing:
 1. two LoRA finetunes from the same base, seed and budget: `beta = 0` (pure CFG distillation, the quality model)
@@ -402,7 +403,8 @@ def run(
     report: Path,
     report_only: bool,
     variant: Variant | float | None = None,
-) -> dict:
+    endpoints_only: bool = False,
+) -> dict | None:
     from trl_diversity.atomic import write_text_atomic
     from trl_diversity.data import load_prompts
 
@@ -411,6 +413,10 @@ def run(
     budget = variant.apply(BUDGETS[budget_name])
     prompts = list(load_prompts("eval", limit=budget.num_prompts)["prompt"])
     points = points_of(budget)
+    if endpoints_only:
+        # The finetunes' own points (w = 0, w = 1) and the base model's: no interior LERP point, so no finetune is
+        # trained only to be merged. That answers claims (a) and (b) for a second seed at half the compute.
+        points = [p for p in points if p.family != "lerp" or p.value in (0.0, 1.0)]
     (results / "points").mkdir(parents=True, exist_ok=True)
     cache = {p: results / "points" / f"{point_file_stem(p)}-{point_key(p, budget, prompts)}.json" for p in points}
     if report_only:
@@ -473,6 +479,13 @@ def run(
             write_text_atomic(cache[point], json.dumps(entry, indent=1))
             progress.finish(kind, units, time.perf_counter() - started)
         print(f"All stages done in {(time.perf_counter() - progress.started) / 60:.1f} min.", flush=True)
+    if endpoints_only:
+        print(
+            "--endpoints_only: no report (it needs the LERP front); compare the finetunes with "
+            "`python benchmarks/compare_finetunes.py --diversity_models`, or rerun without --endpoints_only.",
+            flush=True,
+        )
+        return None
 
     from reproduction_report import write_report
 
@@ -512,7 +525,15 @@ def main(argv: list[str] | None = None) -> None:
         "--algorithm", choices=["grpo", "rloo"], default=None, help="both finetunes on this TRL algorithm (_rloo)"
     )
     parser.add_argument("--seed", type=int, default=None, help="both finetunes with this training seed (_seed<n>)")
+    parser.add_argument(
+        "--endpoints_only",
+        action="store_true",
+        help="evaluate the two finetunes' own points (w = 0, w = 1) and the base model's, not the LERP interior, and "
+        "write no report: a second seed's claims (a) and (b) without merging",
+    )
     args = parser.parse_args(argv)
+    if args.endpoints_only and args.report_only:
+        parser.error("--endpoints_only writes no report and --report_only only writes one: give one of them")
     if args.diversity_coef is not None and not (math.isfinite(args.diversity_coef) and args.diversity_coef > 0):
         parser.error(
             f"--diversity_coef must be a finite number > 0 (the quality model is beta = 0), got {args.diversity_coef}"
@@ -530,8 +551,8 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = Path(args.checkpoints or ROOT / "outputs" / f"reproduce-{args.budget}")
     default_name = "reproduction" + variant.suffix(BUDGETS[args.budget])
     report = Path(args.report or (ROOT / "docs" if full else results) / f"{default_name}.md")
-    run(args.budget, results, checkpoints, report, args.report_only, variant)
-    print(f"Report: {report}")
+    if run(args.budget, results, checkpoints, report, args.report_only, variant, args.endpoints_only) is not None:
+        print(f"Report: {report}")
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # reproduction_report.py lies beside this script

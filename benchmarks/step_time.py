@@ -20,8 +20,13 @@ timers wrapped around the trainers' own methods in this process (nothing in the 
     prepare_rest     the rest of _generate_and_score_completions: tokenising, decoding, advantages
     other            the rest of the step: optimizer step, gradient clipping, bookkeeping
 
-Run:  HF_HUB_OFFLINE=1 python benchmarks/step_time.py [--rounds 3] [--steps-per-round 3]
-Writes benchmarks/results/step_time.json and step_time.md.
+`--compare rloo` times the method on TRL's two algorithms instead: `DiversityCFGTrainer` (GRPO) against
+`DiversityCFGRLOOTrainer` (RLOO), both with the full method and each algorithm's own defaults (RLOO's `beta = 0.05`
+adds the reference model's forward for its KL penalty), as the reproduction trains them; the same timers apply,
+since RLOO has the same method names.
+
+Run:  HF_HUB_OFFLINE=1 python benchmarks/step_time.py [--rounds 3] [--steps-per-round 3] [--compare rloo]
+Writes benchmarks/results/step_time.json and step_time.md (with --compare rloo: step_time_rloo.json and .md).
 """
 
 from __future__ import annotations
@@ -112,6 +117,15 @@ class StepRecorder:
         )
 
 
+# The two trainers each comparison times, first the baseline, and how the tables name them.
+PAIRS = {"trl-grpo": ("grpo", "ours"), "rloo": ("grpo", "rloo")}
+TITLES = {
+    "trl-grpo": ("GRPOTrainer", "DiversityCFGTrainer"),
+    "rloo": ("DiversityCFGTrainer", "DiversityCFGRLOOTrainer"),  # both with the method on
+}
+METHOD = dict(distill_coef=1.0, diversity_coef=15.0, guidance_scale=3.0)
+
+
 def make_callback(recorder: StepRecorder):
     from transformers import TrainerCallback
 
@@ -187,31 +201,27 @@ def build_trainers(args, recorder: StepRecorder, output_root: str):
         seed=args.seed,
     )
     trainers = {}
-    torch.manual_seed(args.seed)
-    trainers["grpo"] = GRPOTrainer(
-        model=model_path,
-        reward_funcs=length_reward,
-        args=GRPOConfig(output_dir=os.path.join(output_root, "grpo"), **common),
-        train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(model_path, padding_side="left"),
-        peft_config=LoraConfig(**LORA),
-        callbacks=[make_callback(recorder)],
-    )
-    torch.manual_seed(args.seed)
-    trainers["ours"] = DiversityCFGTrainer(
-        model=model_path,
-        args=DiversityCFGConfig(
-            output_dir=os.path.join(output_root, "ours"),
-            distill_coef=1.0,
-            diversity_coef=15.0,
-            guidance_scale=3.0,
-            **common,
-        ),
-        train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(model_path, padding_side="left"),
-        peft_config=LoraConfig(**LORA),
-        callbacks=[make_callback(recorder)],
-    )
+
+    def build(label: str, trainer_class, config_class, config: dict | None = None, **kwargs):
+        torch.manual_seed(args.seed)
+        trainers[label] = trainer_class(
+            model=model_path,
+            args=config_class(output_dir=os.path.join(output_root, label), **common, **(config or {})),
+            train_dataset=dataset,
+            processing_class=AutoTokenizer.from_pretrained(model_path, padding_side="left"),
+            peft_config=LoraConfig(**LORA),
+            callbacks=[make_callback(recorder)],
+            **kwargs,
+        )
+
+    if args.compare == "trl-grpo":
+        build("grpo", GRPOTrainer, GRPOConfig, reward_funcs=length_reward)
+        build("ours", DiversityCFGTrainer, DiversityCFGConfig, config=METHOD)
+    else:
+        from trl_diversity import DiversityCFGRLOOConfig, DiversityCFGRLOOTrainer
+
+        build("grpo", DiversityCFGTrainer, DiversityCFGConfig, config=METHOD)
+        build("rloo", DiversityCFGRLOOTrainer, DiversityCFGRLOOConfig, config=METHOD)
     for trainer in trainers.values():
         instrument(trainer, recorder)
     instrument_distillation(recorder)
@@ -236,16 +246,19 @@ def summarize(steps: list[dict], label: str) -> dict:
     }
 
 
-def per_round_ratios(steps: list[dict], rounds: int, key: str = "total") -> list[float]:
-    """Ratio ours / GRPO of the median step within each round (warm-up steps left out)."""
-    kept = {label: [s for s in steps if s["trainer"] == label][1:] for label in ("grpo", "ours")}
+def per_round_ratios(
+    steps: list[dict], rounds: int, key: str = "total", pair: tuple[str, str] = PAIRS["trl-grpo"]
+) -> list[float]:
+    """Ratio candidate / baseline (ours / GRPO by default) of the median step within each round (warm-up steps left
+    out)."""
+    kept = {label: [s for s in steps if s["trainer"] == label][1:] for label in pair}
     ratios = []
     for round_index in range(rounds):
         medians = [
             statistics.median(values)
             if (values := [s[key] for s in kept[label] if s["round"] == round_index])
             else None
-            for label in ("grpo", "ours")
+            for label in pair
         ]
         if None not in medians:
             ratios.append(medians[1] / medians[0])
@@ -265,18 +278,29 @@ def attach_completion_lengths(trainer, recorder: StepRecorder, label: str, round
 
 
 def markdown(result: dict) -> str:
-    grpo, ours, config = result["grpo"], result["ours"], result["config"]
+    config = result["config"]
+    compare = config.get("compare", "trl-grpo")  # results written before --compare existed are the default
+    pair = PAIRS[compare]
+    grpo, ours = result[pair[0]], result[pair[1]]  # the baseline and the candidate
+    first, second = TITLES[compare]
+    if compare == "trl-grpo":
+        settings = "Ours: distill_coef=1, diversity_coef=15, guidance_scale=3, reverse KL. GRPO: one reward, completion length / 100."
+    else:
+        settings = (
+            "Both with the method on: distill_coef=1, diversity_coef=15, guidance_scale=3, reverse KL, each "
+            "algorithm's own defaults otherwise (GRPO beta=0; RLOO beta=0.05, the reference model's forward for its "
+            "KL penalty)."
+        )
     lines = [
-        "# Step time: DiversityCFGTrainer vs GRPOTrainer",
+        f"# Step time: {second} vs {first}",
         "",
         f"Machine: {result['machine']}. Model: SmolLM2-135M-Instruct + LoRA r=16 (the default job's LoRA), "
         f"{config['batch_size']} completions per step ({config['num_generations']} per prompt), at most "
-        f"{config['max_completion_length']} new tokens, temperature 1.0. Ours: distill_coef=1, diversity_coef=15, "
-        "guidance_scale=3, reverse KL. GRPO: one reward, completion length / 100.",
+        f"{config['max_completion_length']} new tokens, temperature 1.0. {settings}",
         f"{config['rounds']} alternating rounds of {config['steps_per_round']} step(s) per trainer; the first step of "
         "each trainer is left out as warm-up.",
         "",
-        "| | GRPOTrainer | DiversityCFGTrainer |",
+        f"| | {first} | {second} |",
         "|---|---|---|",
         f"| median step, wall (s) | {grpo['median_step_s']:.2f} | {ours['median_step_s']:.2f} |",
         f"| median step, process CPU time (s) | {grpo['median_step_cpu_s']:.2f} | {ours['median_step_cpu_s']:.2f} |",
@@ -294,8 +318,9 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        f"**Ratio ours / GRPO, median wall step: {result['ratio_median']:.2f}x** (target <= 1.3x). "
-        f"Process CPU time: {result['ratio_median_cpu']:.2f}x. Per-round ratios of the medians: "
+        f"**Ratio {second} / {first}, median wall step: {result['ratio_median']:.2f}x**"
+        + (" (target <= 1.3x). " if compare == "trl-grpo" else ". ")
+        + f"Process CPU time: {result['ratio_median_cpu']:.2f}x. Per-round ratios of the medians: "
         f"{', '.join(f'{r:.2f}' for r in result['ratio_per_round'])} (median {_fmt(result['ratio_per_round_median'], 2)}).",
         "",
         "Parts are medians over steps, so they need not add up to the median step. `distill_forward` is inside "
@@ -318,8 +343,17 @@ def main(argv=None):
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--max-completion-length", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "step_time.json")
+    parser.add_argument(
+        "--compare",
+        choices=list(PAIRS),
+        default="trl-grpo",
+        help="trl-grpo: DiversityCFGTrainer against plain GRPOTrainer; rloo: the method on RLOO against on GRPO",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="default: results/step_time[_rloo].json")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS_DIR / ("step_time.json" if args.compare == "trl-grpo" else "step_time_rloo.json")
+    pair = PAIRS[args.compare]
 
     import torch
     from transformers.utils import logging as hf_logging
@@ -332,7 +366,7 @@ def main(argv=None):
         setup_s = time.perf_counter() - started
         print(f"built both trainers in {setup_s:.1f} s", flush=True)
         for round_index in range(args.rounds):
-            for label in ("grpo", "ours"):
+            for label in pair:
                 recorder.label, recorder.round = label, round_index
                 torch.manual_seed(args.seed + round_index)  # same sampling RNG state for both trainers each round
                 trainers[label].train()
@@ -357,23 +391,20 @@ def main(argv=None):
             "max_completion_length": args.max_completion_length,
             "seed": args.seed,
             "lora": LORA,
-            "ours": {
-                "distill_coef": 1.0,
-                "diversity_coef": 15.0,
-                "guidance_scale": 3.0,
-                "distill_divergence": "reverse_kl",
-            },
-            "grpo_reward": "completion length / 100",
+            "compare": args.compare,
+            "pair": list(pair),
+            "method": {**METHOD, "distill_divergence": "reverse_kl"},
+            "grpo_reward": "completion length / 100" if args.compare == "trl-grpo" else None,
         },
         "setup_s": setup_s,
-        "grpo": summarize(recorder.steps, "grpo"),
-        "ours": summarize(recorder.steps, "ours"),
+        **{label: summarize(recorder.steps, label) for label in pair},
         "steps": recorder.steps,
         "total_wall_s": time.perf_counter() - started,
     }
-    result["ratio_median"] = result["ours"]["median_step_s"] / result["grpo"]["median_step_s"]
-    result["ratio_median_cpu"] = result["ours"]["median_step_cpu_s"] / result["grpo"]["median_step_cpu_s"]
-    result["ratio_per_round"] = per_round_ratios(recorder.steps, args.rounds)
+    baseline, candidate = (result[label] for label in pair)
+    result["ratio_median"] = candidate["median_step_s"] / baseline["median_step_s"]
+    result["ratio_median_cpu"] = candidate["median_step_cpu_s"] / baseline["median_step_cpu_s"]
+    result["ratio_per_round"] = per_round_ratios(recorder.steps, args.rounds, pair=pair)
     result["ratio_per_round_median"] = (
         statistics.median(result["ratio_per_round"]) if result["ratio_per_round"] else None
     )

@@ -72,6 +72,19 @@ def test_small_budget_runs_every_stage_and_resumes(tmp_path):
     assert (results / "reproduction_target-initial.md").is_file()
     assert "--diversity_target initial" in (results / "reproduction_target-initial.md").read_text()
 
+    # A second seed's endpoints only: both finetunes are trained and judged at w = 0 and w = 1, no merge is made,
+    # the base model's points are reused, and no report is written (it needs the LERP front).
+    before = {p: p.stat().st_mtime for p in (results / "points").glob("*.json")}
+    fifth = subprocess.run(
+        command + ["--seed", "1", "--endpoints_only"], capture_output=True, text=True, env=env, timeout=1800
+    )
+    assert fifth.returncode == 0, fifth.stderr[-3000:]
+    assert len(list((results / "training").glob("*.json"))) == 6
+    after = {p: p.stat().st_mtime for p in (results / "points").glob("*.json")}
+    assert {p: t for p, t in after.items() if p in before} == before
+    assert sorted(p.name.rsplit("-", 1)[0] for p in set(after) - set(before)) == ["lerp-0", "lerp-1"]
+    assert not (results / "reproduction_seed1.md").exists() and "compare_finetunes.py" in fifth.stdout
+
 
 def test_compare_finetunes_reads_the_committed_cache_without_a_model(tmp_path):
     """The diversity models' comparison is rebuilt from the committed full-budget cache alone, paired by prompt."""
