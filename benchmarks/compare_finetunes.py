@@ -239,21 +239,28 @@ def compute_table(results: Path) -> list[str]:
     for path in sorted((results / "training").glob("*.json")):
         log = json.loads(path.read_text())
         finetune = log["finetune"]
-        step = seconds_per_step(log)
-        rows.append(
-            (
-                finetune["name"],
-                finetune.get("algorithm") or "grpo",
-                f"{finetune['diversity_coef']:g}",
-                finetune.get("diversity_target") or "",
-                str(finetune.get("seed", 0)),
-                "" if step is None else f"{step * finetune['max_steps'] / 60:.1f}",
-                "" if step is None else f"{step:.1f}",
+        runs = [(finetune["name"], seconds_per_step(log))]
+        # A finetune trained again for merges (its checkpoint gone): its own row, and whether it was the same model.
+        for retrain in log.get("retrains", []):
+            same = "same curve" if retrain["same_curve_as_first"] else "a DIFFERENT curve"
+            runs.append(
+                (f"{finetune['name']} again, for merges ({same})", retrain["train_runtime"] / finetune["max_steps"])
             )
-        )
+        for name, step in runs:
+            rows.append(
+                (
+                    name,
+                    finetune.get("algorithm") or "grpo",
+                    f"{finetune['diversity_coef']:g}",
+                    finetune.get("diversity_target") or "",
+                    str(finetune.get("seed", 0)),
+                    "" if step is None else f"{step * finetune['max_steps'] / 60:.1f}",
+                    "" if step is None else f"{step:.1f}",
+                )
+            )
     total = sum(float(row[5]) for row in rows if row[5])
     lines += ["| " + " | ".join(row) + " |" for row in sorted(rows, key=lambda row: (row[4], row[1], row[0], row[2]))]
-    return [*lines, "", f"{len(rows)} finetunes, {total:.0f} min of training in all."]
+    return [*lines, "", f"{len(rows)} training runs, {total:.0f} min of training in all."]
 
 
 def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str, dict]:

@@ -184,10 +184,37 @@ def train_finetune(finetune: Finetune, budget: Budget, checkpoints: Path, result
     trainer.save_model(str(folder))
     from trl_diversity.atomic import write_text_atomic
 
-    log = {"finetune": asdict(finetune), "key": finetune.key(), "log_history": trainer.state.log_history}
+    log = json.loads(
+        json.dumps({"finetune": asdict(finetune), "key": finetune.key(), "log_history": trainer.state.log_history})
+    )
+    if log_file.is_file():
+        log = record_retrain(json.loads(log_file.read_text()), log)
     write_text_atomic(log_file, json.dumps(log, indent=1))
     del trainer
     return folder, time.perf_counter() - started
+
+
+TIMING = ("runtime", "per_second", "step_time")  # wall-clock log entries, different between any two runs
+
+
+def record_retrain(first: dict, again: dict) -> dict:
+    """A finetune trained again because its checkpoint was gone (a new machine) while its log and points were cached:
+    keep the first run's log, which the cached points came from, and add this run's compute and whether it reproduced
+    the first run's training curve exactly (every logged value but the wall-clock ones)."""
+
+    def curve(log: dict) -> list[dict]:
+        return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in log["log_history"]]
+
+    same = curve(first) == curve(again)
+    runtime = next((row["train_runtime"] for row in again["log_history"] if "train_runtime" in row), None)
+    first.setdefault("retrains", []).append({"train_runtime": runtime, "same_curve_as_first": same})
+    if not same:
+        print(
+            f"  warning: retraining {first['finetune']['name']} did not reproduce its first run's curve; its cached "
+            "points come from the first run, merges from this one",
+            flush=True,
+        )
+    return first
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -100,3 +100,22 @@ def test_compare_finetunes_reads_the_committed_cache_without_a_model(tmp_path):
     assert (tmp_path / "s.json").read_text() == (results / "diversity_models.json").read_text()  # the same numbers
     assert (tmp_path / "models_training.png").stat().st_size > 0
     assert not (tmp_path / "no-model-here").exists()  # no model was converted or loaded
+
+
+def test_a_retrained_finetune_keeps_its_first_log_and_records_the_retrain():
+    """A finetune retrained for merges (its checkpoint gone) keeps the log its cached points came from; the retrain's
+    compute is recorded, with whether it reproduced the first curve (the wall-clock entries aside)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from reproduce import record_retrain
+
+    def log(loss: float, seconds: float) -> dict:
+        rows = [{"loss": loss, "step_time": seconds / 2, "step": 1}, {"train_runtime": seconds, "step": 2}]
+        return {"finetune": {"name": "quality"}, "log_history": rows}
+
+    kept = record_retrain(log(1.5, 100.0), log(1.5, 140.0))
+    assert kept["log_history"] == log(1.5, 100.0)["log_history"]
+    assert kept["retrains"] == [{"train_runtime": 140.0, "same_curve_as_first": True}]
+    assert record_retrain(kept, log(1.25, 90.0))["retrains"][-1] == {
+        "train_runtime": 90.0,
+        "same_curve_as_first": False,
+    }
