@@ -234,7 +234,7 @@ def _gap_text(gap: dict | None) -> str:
 def points_table(evaluated: dict) -> list[str]:
     lines = [
         "| point | adherence ↑ | MiniLM diversity ↑ | base-LM diversity ↑ | partitions ↑ (of k) | distinct-2 ↑ "
-        "| self-BLEU ↓ | fluency NLL ↓ | passes / token | tokens / s |",
+        "| self-BLEU ↓ | fluency NLL ↓ | passes / token | tokens / s (load-dependent) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for point, entry in evaluated.items():
