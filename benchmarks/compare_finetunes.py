@@ -118,6 +118,14 @@ def diversity_claim(model: dict, reference: dict) -> tuple[list[str], str, dict]
     return cells, verdict, numbers
 
 
+# The merge dial each diversity model is the w = 1 end of (see `fronts`).
+OWN_DIAL = {
+    "beta = 15": "LERP beta 0-15",
+    "beta = 50": "LERP beta 0-50",
+    "target initial (beta from 15)": "LERP beta 0-target",
+}
+
+
 def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tuple[str, dict]:
     runs = {
         "beta = 15": Variant(),
@@ -173,6 +181,9 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
             continue
         cells, gaps = [], {}
         for front_name, family in baselines.items():
+            if front_name == OWN_DIAL.get(name):  # the model is that dial's end: the gap is zero by construction
+                cells.append("its own dial")
+                continue
             gaps[front_name] = gap_to_front(model["per_prompt"], [p["per_prompt"] for p in family], QUALITY, MINILM)
             cells.append("outside its adherence range" if gaps[front_name] is None else signed(gaps[front_name]))
         summary.setdefault(name, {})["minilm_over_front_at_own_adherence"] = gaps
@@ -231,37 +242,37 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
 def compute_table(results: Path) -> list[str]:
     """Every finetune the cache holds, with its training time: each run is reported, whichever table it feeds."""
     lines = [
-        "Compute: every finetune in the cache (80 steps each on 2 CPU cores; wall time of `train()`, measured under "
-        "whatever else the machine ran).",
+        "Compute: every finetune in the cache, each training run of it (wall time of `train()` on this project's "
+        "2-core CPU machines, measured under whatever else the machine ran; blank where a run resumed from a "
+        "checkpoint, so its time is not the whole run's).",
         "",
-        "| finetune | algorithm | diversity_coef | diversity_target | seed | train min | s / step |",
-        "|---|---|---|---|---|---|---|",
+        "| finetune | algorithm | diversity_coef | diversity_target | seed | steps | train min | s / step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for path in sorted((results / "training").glob("*.json")):
         log = json.loads(path.read_text())
         finetune = log["finetune"]
+        steps = finetune["max_steps"]
         runs = [(finetune["name"], seconds_per_step(log))]
         # A finetune trained again for merges (its checkpoint gone): its own row, and whether it was the same model.
         for retrain in log.get("retrains", []):
-            same = "same curve" if retrain["same_curve_as_first"] else "a DIFFERENT curve"
+            same = {True: "bit-identical curve", False: "a curve not bit-identical"}.get(
+                retrain.get("same_curve_as_first"), "curve not compared"
+            )
+            runtime = None if retrain.get("resumed") else retrain.get("train_runtime")
             runs.append(
-                (f"{finetune['name']} again, for merges ({same})", retrain["train_runtime"] / finetune["max_steps"])
+                (f"{finetune['name']} again, for merges ({same})", None if runtime is None else runtime / steps)
             )
         for name, step in runs:
-            rows.append(
-                (
-                    name,
-                    finetune.get("algorithm") or "grpo",
-                    f"{finetune['diversity_coef']:g}",
-                    finetune.get("diversity_target") or "",
-                    str(finetune.get("seed", 0)),
-                    "" if step is None else f"{step * finetune['max_steps'] / 60:.1f}",
-                    "" if step is None else f"{step:.1f}",
-                )
-            )
-    total = sum(float(row[5]) for row in rows if row[5])
-    lines += ["| " + " | ".join(row) + " |" for row in sorted(rows, key=lambda row: (row[4], row[1], row[0], row[2]))]
+            cells = (name, finetune.get("algorithm") or "grpo", f"{finetune['diversity_coef']:g}")
+            cells += (finetune.get("diversity_target") or "", str(finetune.get("seed", 0)), str(steps))
+            minutes = None if step is None else step * steps / 60
+            cells += ("" if step is None else f"{minutes:.1f}", "" if step is None else f"{step:.1f}")
+            rows.append((int(finetune.get("seed", 0)), cells, minutes or 0.0))
+    rows.sort(key=lambda row: (row[0], row[1][1], row[1][0], float(row[1][2])))
+    lines += ["| " + " | ".join(cells) + " |" for _, cells, _ in rows]
+    total = sum(minutes for _, _, minutes in rows)
     return [*lines, "", f"{len(rows)} training runs, {total:.0f} min of training in all."]
 
 
@@ -294,8 +305,8 @@ def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str,
         "2e-4, k = 4, guidance 3, reverse KL, seed 0), each algorithm with its own defaults otherwise: GRPO "
         "`beta = 0`, `loss_type = dapo`; RLOO `beta = 0.05` (KL in the reward). Paired by prompt, 95% bootstrap CIs. "
         "`train s / step` is each run's own wall time per step, measured in different sessions under different loads "
-        "(the two GRPO runs, 13.0 and 18.8, differ as much as the algorithms do): it is not a speed comparison. RLOO "
-        "does one more forward per step (the reference model's log-probabilities for its KL penalty).",
+        "(the two GRPO runs, 13.0 and 18.8, differ as much as the algorithms do): it is not a speed comparison; the "
+        "side-by-side measurement below is.",
         "",
         *absolute,
         "",
@@ -303,9 +314,12 @@ def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str,
     ]
     if missing:
         text += ["", f"Not in the cache (not run, or not finished): {', '.join(missing)}."]
-    side_by_side = results.parent / "step_time_rloo.json"
-    if side_by_side.is_file():
-        timing = json.loads(side_by_side.read_text())
+    side_by_side = ROOT / "benchmarks" / "results" / "step_time_rloo.json"
+    timing = json.loads(side_by_side.read_text()) if side_by_side.is_file() else {}
+    if timing.get("config", {}).get("compare") == "rloo":
+        import os
+
+        link = Path(os.path.relpath(side_by_side.with_suffix(".md"), plot.parent)).as_posix()
         grpo_step, rloo_step = timing["grpo"]["median_step_s"], timing["rloo"]["median_step_s"]
         rounds = ", ".join(f"{r:.2f}" for r in timing["ratio_per_round"])
         text += [
@@ -314,7 +328,9 @@ def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str,
             f"{timing['config']['rounds']} alternating rounds of {timing['config']['steps_per_round']} steps, the "
             f"method on in both): median step GRPO {grpo_step:.2f} s, RLOO {rloo_step:.2f} s, **RLOO / GRPO "
             f"{timing['ratio_median']:.2f}x** (per round: {rounds}). Parts: "
-            "[benchmarks/results/step_time_rloo.md](../benchmarks/results/step_time_rloo.md).",
+            f"[benchmarks/results/step_time_rloo.md]({link}). RLOO's extra time is in `prepare_rest`: two no-grad "
+            "forwards GRPO skips here, the policy's own log-probabilities (RLOO always computes them) and the "
+            "reference model's (for its KL penalty).",
         ]
         summary["step_time_side_by_side"] = {
             "grpo_median_step_s": grpo_step,

@@ -188,7 +188,7 @@ def train_finetune(finetune: Finetune, budget: Budget, checkpoints: Path, result
         json.dumps({"finetune": asdict(finetune), "key": finetune.key(), "log_history": trainer.state.log_history})
     )
     if log_file.is_file():
-        log = record_retrain(json.loads(log_file.read_text()), log)
+        log = record_retrain(json.loads(log_file.read_text()), log, resumed=resume)
     write_text_atomic(log_file, json.dumps(log, indent=1))
     del trainer
     return folder, time.perf_counter() - started
@@ -197,17 +197,20 @@ def train_finetune(finetune: Finetune, budget: Budget, checkpoints: Path, result
 TIMING = ("runtime", "per_second", "step_time")  # wall-clock log entries, different between any two runs
 
 
-def record_retrain(first: dict, again: dict) -> dict:
+def record_retrain(first: dict, again: dict, resumed: bool = False) -> dict:
     """A finetune trained again because its checkpoint was gone (a new machine) while its log and points were cached:
-    keep the first run's log, which the cached points came from, and add this run's compute and whether it reproduced
-    the first run's training curve exactly (every logged value but the wall-clock ones)."""
+    keep the first run's log, which the cached points came from, and add this run's compute (`resumed`: it went on
+    from a checkpoint, so its time is a part) and whether it reproduced the first run's training curve bit for bit
+    (every logged value but the wall-clock ones; CPU training here is deterministic, other kernels need not be)."""
 
     def curve(log: dict) -> list[dict]:
         return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in log["log_history"]]
 
     same = curve(first) == curve(again)
     runtime = next((row["train_runtime"] for row in again["log_history"] if "train_runtime" in row), None)
-    first.setdefault("retrains", []).append({"train_runtime": runtime, "same_curve_as_first": same})
+    first.setdefault("retrains", []).append(
+        {"train_runtime": runtime, "same_curve_as_first": same, "resumed": resumed}
+    )
     if not same:
         print(
             f"  warning: retraining {first['finetune']['name']} did not reproduce its first run's curve; its cached "
@@ -508,8 +511,9 @@ def run(
         print(f"All stages done in {(time.perf_counter() - progress.started) / 60:.1f} min.", flush=True)
     if endpoints_only:
         print(
-            "--endpoints_only: no report (it needs the LERP front); compare the finetunes with "
-            "`python benchmarks/compare_finetunes.py --diversity_models`, or rerun without --endpoints_only.",
+            "--endpoints_only: no report (it needs the LERP front). `python benchmarks/compare_finetunes.py "
+            "--diversity_models` compares the seed-1 and RLOO runs it knows; rerun without --endpoints_only for the "
+            "full report of any run.",
             flush=True,
         )
         return None

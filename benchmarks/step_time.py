@@ -289,7 +289,8 @@ def markdown(result: dict) -> str:
         settings = (
             "Both with the method on: distill_coef=1, diversity_coef=15, guidance_scale=3, reverse KL, each "
             "algorithm's own defaults otherwise (GRPO beta=0; RLOO beta=0.05, the reference model's forward for its "
-            "KL penalty)."
+            "KL penalty). The JSON's `grpo` is DiversityCFGTrainer here. `prepare_rest` includes RLOO's two no-grad "
+            "forwards, the policy's log-probabilities and the reference model's."
         )
     lines = [
         f"# Step time: {second} vs {first}",
@@ -337,7 +338,7 @@ def _fmt(value, digits: int = 1):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (GRPO then ours)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (the baseline, then the other)")
     parser.add_argument("--steps-per-round", type=int, default=3, help="optimizer steps per trainer per round")
     parser.add_argument("--batch-size", type=int, default=8, help="per_device_train_batch_size (completions)")
     parser.add_argument("--num-generations", type=int, default=4)

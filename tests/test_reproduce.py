@@ -114,8 +114,37 @@ def test_a_retrained_finetune_keeps_its_first_log_and_records_the_retrain():
 
     kept = record_retrain(log(1.5, 100.0), log(1.5, 140.0))
     assert kept["log_history"] == log(1.5, 100.0)["log_history"]
-    assert kept["retrains"] == [{"train_runtime": 140.0, "same_curve_as_first": True}]
-    assert record_retrain(kept, log(1.25, 90.0))["retrains"][-1] == {
-        "train_runtime": 90.0,
-        "same_curve_as_first": False,
-    }
+    assert kept["retrains"] == [{"train_runtime": 140.0, "same_curve_as_first": True, "resumed": False}]
+    again = record_retrain(kept, log(1.25, 90.0), resumed=True)["retrains"][-1]
+    assert again == {"train_runtime": 90.0, "same_curve_as_first": False, "resumed": True}
+
+
+def test_the_compute_table_lists_every_training_run_retrains_included(tmp_path):
+    """Every finetune's run and each retrain is a row; a resumed retrain's partial time is left blank, not counted."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_finetunes import compute_table
+
+    (tmp_path / "training").mkdir()
+    for name, seed, runtime, retrains in (
+        ("quality", 10, 600.0, [{"train_runtime": 660.0, "same_curve_as_first": True, "resumed": False}]),
+        ("diversity", 2, 1200.0, [{"train_runtime": None, "same_curve_as_first": False}]),
+        ("quality", 2, 300.0, [{"train_runtime": 5.0, "same_curve_as_first": True, "resumed": True}]),
+    ):
+        finetune = {
+            "name": name,
+            "diversity_coef": 15.0 if name == "diversity" else 0.0,
+            "seed": seed,
+            "max_steps": 60,
+        }
+        log = {"finetune": finetune, "log_history": [{"train_runtime": runtime}], "retrains": retrains}
+        (tmp_path / "training" / f"{name}-{seed}.json").write_text(json.dumps(log))
+    rows = [line for line in compute_table(tmp_path) if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [
+        "| diversity | grpo | 15 |  | 2 | 60 | 20.0 | 20.0 |",
+        "| diversity again, for merges (a curve not bit-identical) | grpo | 15 |  | 2 | 60 |  |  |",
+        "| quality | grpo | 0 |  | 2 | 60 | 5.0 | 5.0 |",
+        "| quality again, for merges (bit-identical curve) | grpo | 0 |  | 2 | 60 |  |  |",
+        "| quality | grpo | 0 |  | 10 | 60 | 10.0 | 10.0 |",
+        "| quality again, for merges (bit-identical curve) | grpo | 0 |  | 10 | 60 | 11.0 | 11.0 |",
+    ]
+    assert compute_table(tmp_path)[-1] == "6 training runs, 46 min of training in all."

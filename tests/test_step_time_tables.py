@@ -15,6 +15,7 @@ import step_time  # noqa: E402
 def test_the_committed_default_table_is_rebuilt_from_its_json():
     result = json.loads((ROOT / "benchmarks" / "results" / "step_time.json").read_text())
     table = step_time.markdown(result)
+    assert table == (ROOT / "benchmarks" / "results" / "step_time.md").read_text()
     assert "| | GRPOTrainer | DiversityCFGTrainer |" in table
     assert f"median wall step: {result['ratio_median']:.2f}x** (target <= 1.3x)" in table
 
