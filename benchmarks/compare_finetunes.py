@@ -260,6 +260,8 @@ def compute_table(results: Path) -> list[str]:
             same = {True: "bit-identical curve", False: "a curve not bit-identical"}.get(
                 retrain.get("same_curve_as_first"), "curve not compared"
             )
+            if retrain.get("same_curve_as_first") is False and "max_relative_difference" in retrain:
+                same = f"its curve within {retrain['max_relative_difference']:.0e} relative"
             runtime = None if retrain.get("resumed") else retrain.get("train_runtime")
             runs.append(
                 (f"{finetune['name']} again, for merges ({same})", None if runtime is None else runtime / steps)

@@ -387,6 +387,28 @@ def training_summary(logs: dict) -> list[str]:
     return lines
 
 
+def retrain_notes(logs: dict) -> list[str]:
+    """A finetune trained again for the merges (its checkpoint gone): the interior LERP points come from that run,
+    w = 0 and w = 1 from the first, so say how close the two runs were."""
+    notes = []
+    for name, log in logs.items():
+        for retrain in log.get("retrains", []):
+            if retrain.get("same_curve_as_first"):
+                closeness = "its training curve bit-identical to the first run's"
+            elif "max_relative_difference" in retrain:
+                closeness = (
+                    f"its training curve within a relative {retrain['max_relative_difference']:.1e} of the first run's"
+                )
+            else:
+                closeness = "its training curve not bit-identical to the first run's (the size of the difference was not recorded)"
+            minutes = "" if retrain.get("train_runtime") is None else f", {retrain['train_runtime'] / 60:.0f} min"
+            notes.append(
+                f"- The {name} model was trained again for the interior LERP points (its checkpoint was gone{minutes}), "
+                f"{closeness}; w = 0 and w = 1 are the first run's cached points."
+            )
+    return ["", *notes] if notes else []
+
+
 def write_report(command_flags, budget, prompts, evaluated, logs, report: Path, summary_file: Path) -> dict:
     """The Markdown report (plots beside it) and `summary_file`; `command_flags` is how reproduce.py was called."""
     results = summary_file.parent
@@ -422,8 +444,13 @@ def write_report(command_flags, budget, prompts, evaluated, logs, report: Path, 
         f"- Finetunes: LoRA r=16 on every linear layer, {q.max_steps} steps of {q.per_device_train_batch_size} "
         f"completions (k = {q.num_generations} per prompt, {q.max_completion_length} tokens), learning rate "
         f"{q.learning_rate:g} (linear decay), teacher CFG {q.guidance_scale:g}, {q.distill_divergence}, seed "
-        f"{q.seed}, training prompts only. Quality model: diversity_coef = {q.diversity_coef:g}; diversity model: "
-        f"diversity_coef = {d.diversity_coef:g}.",
+        f"{q.seed}, training prompts only, on TRL's {q.algorithm.upper()}. Quality model: diversity_coef = "
+        f"{q.diversity_coef:g}; diversity model: "
+        + (
+            f"diversity_coef = {d.diversity_coef:g}."
+            if d.diversity_target is None
+            else f"diversity_target = {d.diversity_target}, the coefficient starting at {d.diversity_coef:g}."
+        ),
         f"- Points: CFG gamma in {list(budget.guidance_scales)}, temperature T in {list(budget.temperatures)} "
         f"(T = 1 and gamma = 1 are the same base-model point), LERP w in {list(budget.weights)} (w = 0 is the "
         "quality model, w = 1 the diversity model; interior weights are the exact interpolation of the two LoRA "
@@ -462,7 +489,8 @@ def write_report(command_flags, budget, prompts, evaluated, logs, report: Path, 
         "",
     ]
     if logs:
-        lines += ["## Training", "", *training_summary(logs), "", f"![training curves]({training_png.name})", ""]
+        lines += ["## Training", "", *training_summary(logs), *retrain_notes(logs), ""]
+        lines += [f"![training curves]({training_png.name})", ""]
     examples = analysis["by_label"]
     lines += ["## Samples for the first prompt", "", f"Prompt: {prompts[0]}", ""]
     for label in (analysis["labels"]["star"], analysis["labels"]["quality"], analysis["labels"]["diversity"]):
