@@ -271,8 +271,10 @@ def compute_table(results: Path) -> list[str]:
             cells += (finetune.get("diversity_target") or "", str(finetune.get("seed", 0)), str(steps))
             minutes = None if step is None else step * steps / 60
             cells += ("" if step is None else f"{minutes:.1f}", "" if step is None else f"{step:.1f}")
-            rows.append((int(finetune.get("seed", 0)), cells, minutes or 0.0))
-    rows.sort(key=lambda row: (row[0], row[1][1], row[1][0], float(row[1][2])))
+            # Seed, algorithm, finetune, its settings, then its first run before its retrains.
+            order = (int(finetune.get("seed", 0)), cells[1], finetune["name"], float(cells[2]), cells[3], len(rows))
+            rows.append((order, cells, minutes or 0.0))
+    rows.sort(key=lambda row: row[0])
     lines += ["| " + " | ".join(cells) + " |" for _, cells, _ in rows]
     total = sum(minutes for _, _, minutes in rows)
     return [*lines, "", f"{len(rows)} training runs, {total:.0f} min of training in all."]

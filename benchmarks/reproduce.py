@@ -149,8 +149,11 @@ class Progress:
 # Stage 1: the finetunes
 
 
-def train_finetune(finetune: Finetune, budget: Budget, checkpoints: Path, results: Path) -> tuple[Path, float | None]:
-    """Train (or resume, or reuse) one finetune; return its adapter folder and the seconds spent (None if cached)."""
+def train_finetune(
+    finetune: Finetune, budget: Budget, checkpoints: Path, results: Path, for_run: str | None = None
+) -> tuple[Path, float | None]:
+    """Train (or resume, or reuse) one finetune; return its adapter folder and the seconds spent (None if cached).
+    `for_run`: the run that needs it (its reproduce.py flags), recorded when it is a retrain."""
     from trl_diversity.cli.train import build_trainer, parse
 
     folder = checkpoints / f"{finetune.name}-{finetune.key()}"
@@ -188,7 +191,7 @@ def train_finetune(finetune: Finetune, budget: Budget, checkpoints: Path, result
         json.dumps({"finetune": asdict(finetune), "key": finetune.key(), "log_history": trainer.state.log_history})
     )
     if log_file.is_file():
-        log = record_retrain(json.loads(log_file.read_text()), log, resumed=resume)
+        log = record_retrain(json.loads(log_file.read_text()), log, resumed=resume, for_run=for_run)
     write_text_atomic(log_file, json.dumps(log, indent=1))
     del trainer
     return folder, time.perf_counter() - started
@@ -197,12 +200,13 @@ def train_finetune(finetune: Finetune, budget: Budget, checkpoints: Path, result
 TIMING = ("runtime", "per_second", "step_time")  # wall-clock log entries, different between any two runs
 
 
-def record_retrain(first: dict, again: dict, resumed: bool = False) -> dict:
+def record_retrain(first: dict, again: dict, resumed: bool = False, for_run: str | None = None) -> dict:
     """A finetune trained again because its checkpoint was gone (a new machine) while its log and points were cached:
     keep the first run's log, which the cached points came from, and add this run's compute (`resumed`: it went on
     from a checkpoint, so its time is a part), its own curve, and how far that curve is from the first: bit for bit
     the same, or the largest relative difference of any logged number (the wall-clock ones aside). Other CPUs'
-    kernels round differently, so a retrain on another machine is close, not identical."""
+    kernels round differently, so a retrain on another machine is close, not identical. `for_run`: the reproduce.py
+    flags of the run whose merges needed it (only that run's report has points from it)."""
 
     def curve(log: dict) -> list[dict]:
         return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in log["log_history"]]
@@ -217,7 +221,7 @@ def record_retrain(first: dict, again: dict, resumed: bool = False) -> dict:
     if len(curve(first)) != len(curve(again)):
         differences.append(float("inf"))
     runtime = next((row["train_runtime"] for row in again["log_history"] if "train_runtime" in row), None)
-    retrain = {"train_runtime": runtime, "same_curve_as_first": same, "resumed": resumed}
+    retrain = {"train_runtime": runtime, "same_curve_as_first": same, "resumed": resumed, "for_run": for_run}
     retrain |= {"max_relative_difference": max(differences, default=0.0), "log_history": again["log_history"]}
     first.setdefault("retrains", []).append(retrain)
     if not same:
@@ -487,7 +491,9 @@ def run(
                 f"finetune {finetune.name} ({finetune.algorithm}, diversity_coef={finetune.diversity_coef:g}{target}, "
                 f"seed {finetune.seed}, {finetune.max_steps} steps)"
             )
-            adapters[finetune.name], seconds = train_finetune(finetune, budget, checkpoints, results)
+            adapters[finetune.name], seconds = train_finetune(
+                finetune, budget, checkpoints, results, for_run=command_of(budget_name, variant)
+            )
             progress.finish("train", finetune.max_steps, seconds)
 
         context = None

@@ -6,6 +6,7 @@ Everything here reads the cached points and training logs only, so `reproduce.py
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from trl_diversity.atomic import write_text_atomic
@@ -353,7 +354,13 @@ def plot_training(logs: dict, path: Path) -> list[str]:
         for name, log in logs.items():
             rows = [row for row in log["log_history"] if key in row]
             label = finetune_label(name, log["finetune"])
-            axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=label, alpha=0.8)
+            line = axis.plot([r["step"] for r in rows], [r[key] for r in rows], label=label, alpha=0.8)[0]
+            if key == "diversity/pairwise":  # the level a diversity target holds, beside the diversity it measured
+                targets = [r for r in log["log_history"] if math.isfinite(r.get("diversity/target", math.nan))]
+                if targets:
+                    steps, levels = [r["step"] for r in targets], [r["diversity/target"] for r in targets]
+                    axis.plot(steps, levels, linestyle="--", color=line.get_color(), label=f"{label}: its target")
+                    axis.legend(fontsize=7)
         axis.set_title(key, fontsize=10)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
@@ -387,12 +394,13 @@ def training_summary(logs: dict) -> list[str]:
     return lines
 
 
-def retrain_notes(logs: dict) -> list[str]:
-    """A finetune trained again for the merges (its checkpoint gone): the interior LERP points come from that run,
-    w = 0 and w = 1 from the first, so say how close the two runs were."""
+def retrain_notes(logs: dict, command_flags: str) -> list[str]:
+    """A finetune trained again for this run's merges (its checkpoint gone): the interior LERP points come from that
+    training run, w = 0 and w = 1 from the first, so say how close the two runs were. (Another run's retrain made
+    none of this report's points.)"""
     notes = []
     for name, log in logs.items():
-        for retrain in log.get("retrains", []):
+        for retrain in [r for r in log.get("retrains", []) if r.get("for_run") == command_flags]:
             if retrain.get("same_curve_as_first"):
                 closeness = "its training curve bit-identical to the first run's"
             elif "max_relative_difference" in retrain:
@@ -489,7 +497,7 @@ def write_report(command_flags, budget, prompts, evaluated, logs, report: Path, 
         "",
     ]
     if logs:
-        lines += ["## Training", "", *training_summary(logs), *retrain_notes(logs), ""]
+        lines += ["## Training", "", *training_summary(logs), *retrain_notes(logs, command_flags), ""]
         lines += [f"![training curves]({training_png.name})", ""]
     examples = analysis["by_label"]
     lines += ["## Samples for the first prompt", "", f"Prompt: {prompts[0]}", ""]

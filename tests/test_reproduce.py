@@ -112,13 +112,14 @@ def test_a_retrained_finetune_keeps_its_first_log_and_records_the_retrain():
         rows = [{"loss": loss, "step_time": seconds / 2, "step": 1}, {"train_runtime": seconds, "step": 2}]
         return {"finetune": {"name": "quality"}, "log_history": rows}
 
-    kept = record_retrain(log(1.5, 100.0), log(1.5, 140.0))
+    kept = record_retrain(log(1.5, 100.0), log(1.5, 140.0), for_run="--budget full --diversity_target initial")
     assert kept["log_history"] == log(1.5, 100.0)["log_history"]
     assert kept["retrains"] == [
         {
             "train_runtime": 140.0,
             "same_curve_as_first": True,
             "resumed": False,
+            "for_run": "--budget full --diversity_target initial",
             "max_relative_difference": 0.0,
             "log_history": log(1.5, 140.0)["log_history"],
         }
@@ -168,14 +169,24 @@ def test_the_report_says_when_the_merges_come_from_a_retrained_finetune():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from reproduction_report import retrain_notes
 
-    assert retrain_notes({"quality": {"log_history": []}}) == []  # trained once: nothing to say
+    run = "--budget full --diversity_target initial"
+    assert retrain_notes({"quality": {"log_history": []}}, run) == []  # trained once: nothing to say
     logs = {
-        "quality": {"retrains": [{"train_runtime": 1066.0, "same_curve_as_first": False}]},
+        "quality": {"retrains": [{"train_runtime": 1066.0, "same_curve_as_first": False, "for_run": run}]},
         "diversity": {
-            "retrains": [{"train_runtime": 1500.0, "same_curve_as_first": False, "max_relative_difference": 3e-7}]
+            "retrains": [
+                {
+                    "train_runtime": 1500.0,
+                    "same_curve_as_first": False,
+                    "max_relative_difference": 3e-7,
+                    "for_run": run,
+                }
+            ]
         },
     }
-    notes = retrain_notes(logs)
+    notes = retrain_notes(logs, run)
     assert "The quality model was trained again" in notes[1] and "18 min" in notes[1]
     assert "size of the difference was not recorded" in notes[1]
     assert "within a relative 3.0e-07 of the first run's" in notes[2]
+    # Another run's report (the beta = 50 one shares the quality model) has no point from those retrains.
+    assert retrain_notes(logs, "--budget full --diversity_coef 50") == []
