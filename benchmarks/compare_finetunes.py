@@ -326,15 +326,18 @@ def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str,
         link = Path(os.path.relpath(side_by_side.with_suffix(".md"), plot.parent)).as_posix()
         grpo_step, rloo_step = timing["grpo"]["median_step_s"], timing["rloo"]["median_step_s"]
         rounds = ", ".join(f"{r:.2f}" for r in timing["ratio_per_round"])
+        extra_prepare = (
+            timing["rloo"]["median_parts_s"]["prepare_rest"] - timing["grpo"]["median_parts_s"]["prepare_rest"]
+        )
         text += [
             "",
             f"Step time measured side by side in one process (`python benchmarks/step_time.py --compare rloo`, "
             f"{timing['config']['rounds']} alternating rounds of {timing['config']['steps_per_round']} steps, the "
             f"method on in both): median step GRPO {grpo_step:.2f} s, RLOO {rloo_step:.2f} s, **RLOO / GRPO "
             f"{timing['ratio_median']:.2f}x** (per round: {rounds}). Parts: "
-            f"[benchmarks/results/step_time_rloo.md]({link}). RLOO's extra time is in `prepare_rest`: two no-grad "
-            "forwards GRPO skips here, the policy's own log-probabilities (RLOO always computes them) and the "
-            "reference model's (for its KL penalty).",
+            f"[benchmarks/results/step_time_rloo.md]({link}). Of RLOO's extra {rloo_step - grpo_step:.1f} s, "
+            f"{extra_prepare:.1f} s are in `prepare_rest`: two no-grad forwards GRPO skips here, the policy's own "
+            "log-probabilities (RLOO always computes them) and the reference model's (for its KL penalty).",
         ]
         summary["step_time_side_by_side"] = {
             "grpo_median_step_s": grpo_step,
