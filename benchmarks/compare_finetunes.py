@@ -135,6 +135,7 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
     }
     seeds = {
         "beta = 15, seed 1": Variant(seed=1),
+        "beta = 50, seed 1": Variant(diversity_coef=50.0, seed=1),
         "target initial, seed 1": Variant(diversity_target="initial", seed=1),
     }
     header = (
@@ -200,6 +201,35 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
             "|" + "---|" * (header.count("|") - 1),
             *gap_lines,
         ]
+    # Does a target beat a fixed beta? The target model against the beta = 0-beta = 50 dial of its own seed (the
+    # same beta = 0 model at w = 0), at the target model's adherence.
+    same_seed_lines = []
+    for seed in (0, 1):
+        seed_variant = None if seed == 0 else seed
+        target = model_point(budget_name, Variant(diversity_target="initial", seed=seed_variant), "diversity", results)
+        dial = [
+            cached_point(budget_name, Variant(diversity_coef=50.0, seed=seed_variant), Point("lerp", w), results)
+            for w in BUDGETS[budget_name].weights
+        ]
+        if target is None or any(p is None for p in dial):
+            continue
+        cells = []
+        for metric in (MINILM, "base_lm_diversity"):
+            gap = gap_to_front(target["per_prompt"], [p["per_prompt"] for p in dial], QUALITY, metric)
+            cells.append("outside its adherence range" if gap is None else signed(gap))
+            summary.setdefault(f"target initial vs beta 0-50 dial, seed {seed}", {})[metric] = gap
+        same_seed_lines.append(f"| {seed} | {target['metrics'][QUALITY]['mean']:.3f} | " + " | ".join(cells) + " |")
+    if same_seed_lines:
+        text += [
+            "",
+            "The target model against the `beta = 0`-`beta = 50` merge dial of the same training seed, at the target "
+            "model's adherence (paired bootstrap over prompts, 95% CI; above zero: the target model is more diverse "
+            "than the fixed-beta dial offers there):",
+            "",
+            "| seed | target model's adherence | MiniLM diversity over the dial | base-LM diversity over the dial |",
+            "|---|---|---|---|",
+            *same_seed_lines,
+        ]
     # Training curves: the on-policy diversity of every model, and the target model's coefficient.
     logs = {"quality": training_log(budget_name, Variant(), "quality", results)}
     for name, variant in zip(("diversity", "diversity-50", "target"), list(runs.values())[:3]):  # GRPO's
@@ -215,6 +245,10 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
     for (name, variant), (other_name, other) in (
         (("beta = 0, seed 0", Variant()), ("beta = 0, seed 1", Variant(seed=1))),
         (("beta = 15, seed 0", Variant()), ("beta = 15, seed 1", Variant(seed=1))),
+        (
+            ("beta = 50, seed 0", Variant(diversity_coef=50.0)),
+            ("beta = 50, seed 1", Variant(diversity_coef=50.0, seed=1)),
+        ),
         (
             ("target initial, seed 0", Variant(diversity_target="initial")),
             ("target initial, seed 1", Variant(diversity_target="initial", seed=1)),
