@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -355,8 +356,6 @@ def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str,
     side_by_side = ROOT / "benchmarks" / "results" / "step_time_rloo.json"
     timing = json.loads(side_by_side.read_text()) if side_by_side.is_file() else {}
     if timing.get("config", {}).get("compare") == "rloo":
-        import os
-
         link = Path(os.path.relpath(side_by_side.with_suffix(".md"), plot.parent)).as_posix()
         grpo_step, rloo_step = timing["grpo"]["median_step_s"], timing["rloo"]["median_step_s"]
         rounds = ", ".join(f"{r:.2f}" for r in timing["ratio_per_round"])

@@ -211,14 +211,15 @@ def record_retrain(first: dict, again: dict, resumed: bool = False, for_run: str
     def curve(log: dict) -> list[dict]:
         return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in log["log_history"]]
 
-    same = curve(first) == curve(again)
+    first_curve, again_curve = curve(first), curve(again)
+    same = first_curve == again_curve
     differences = [
         abs(a[k] - b[k]) / max(abs(a[k]), abs(b[k]))
-        for a, b in zip(curve(first), curve(again))
+        for a, b in zip(first_curve, again_curve)
         for k in a.keys() & b.keys()
         if isinstance(a[k], float) and isinstance(b[k], float) and a[k] != b[k]
     ]
-    if len(curve(first)) != len(curve(again)):
+    if len(first_curve) != len(again_curve):
         differences.append(float("inf"))
     runtime = next((row["train_runtime"] for row in again["log_history"] if "train_runtime" in row), None)
     retrain = {"train_runtime": runtime, "same_curve_as_first": same, "resumed": resumed, "for_run": for_run}
