@@ -44,6 +44,7 @@ def test_two_processes_score_whole_groups_once_and_give_the_one_process_rewards(
         total = [a for process in ours["processes"] for a in process["advantages"][step_number]]
         diversity = result["diversity_coef"] * diversity_advantages(torch.tensor(step["diversity"]), 4)
         torch.testing.assert_close(torch.tensor(total), torch.tensor(step["grpo_advantages"]) + diversity)
+        torch.testing.assert_close(torch.tensor(step["table_advantages"]), torch.tensor(total))  # logged = trained
     # The user reward scored each group once in total (not once per process).
     calls = [prompt for process in ours["processes"] for prompt in process["calls"]]
     assert sorted(calls) == sorted(step["prompts"][0] for step in ours["steps"])
@@ -69,6 +70,7 @@ def test_two_processes_score_whole_groups_once_and_give_the_one_process_rewards(
         total = [a for process in rloo["processes"] for a in process["advantages"][step_number]]
         diversity = coefs[0] * diversity_advantages(torch.tensor(step["diversity"]), 4)
         torch.testing.assert_close(torch.tensor(total), torch.tensor(step["grpo_advantages"]) + diversity)
+        torch.testing.assert_close(torch.tensor(step["table_advantages"]), torch.tensor(total))
     first, second = (rloo["processes"][0]["coefs"][i] for i in (0, 1))
     assert first == 4.0 and second > first  # below the target: the coefficient rose
 

@@ -58,6 +58,7 @@ class Recorded:
 
     def _generate_and_score_completions(self, inputs):
         coef = getattr(self, "diversity_coef", None)  # the coefficient this batch trains with
+        self._algorithm_advantages = None
         output = super()._generate_and_score_completions(inputs)
         size = len(inputs) * self.accelerator.num_processes
         diversity = getattr(self, "_latest_diversity_rewards", None)
@@ -66,13 +67,19 @@ class Recorded:
                 "prompts": [completion_text(p) for p in list(self._logs["prompt"])[-size:]],
                 "completions": [completion_text(c) for c in list(self._logs["completion"])[-size:]],
                 "rewards": {name: list(values)[-size:] for name, values in self._logs["rewards"].items()},
-                "grpo_advantages": list(self._logs["advantages"])[-size:],
+                # The algorithm's own advantages (before the diversity term), and the completions table's.
+                "grpo_advantages": self._algorithm_advantages or list(self._logs["advantages"])[-size:],
+                "table_advantages": list(self._logs["advantages"])[-size:],
                 "diversity": None if diversity is None else diversity.tolist(),
                 "local_advantages": output["advantages"].tolist(),
                 "coef": coef,
             }
         )
         return output
+
+    def _add_diversity_advantages(self, output, rewards, mode):
+        self._algorithm_advantages = list(self._logs["advantages"])[-rewards.numel() :]
+        super()._add_diversity_advantages(output, rewards, mode)
 
 
 class RecordedDiversityCFGTrainer(Recorded, DiversityCFGTrainer):

@@ -37,6 +37,7 @@ class GroupRewardFunction:
         self.__name__ = name or reward_name(reward)  # the name GRPO logs it under (rewards/<name>/mean)
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
+        self._check_trainer_group_size(kwargs.get("log_metric"))
         processes = Processes.current()
         columns = {key: value for key, value in kwargs.items() if key not in LOCAL_KWARGS}
         if completion_ids is not None:
@@ -55,6 +56,26 @@ class GroupRewardFunction:
         )
         start = processes.index * len(prompts)
         return scores[start : start + len(prompts)]
+
+    def _check_trainer_group_size(self, log_metric) -> None:
+        """Refuse a group size other than the trainer's.
+
+        The block check in `score_groups` cannot see a `num_generations` that divides the trainer's: a group of 4
+        splits into two blocks of 2 that each share one prompt. TRL (1.16) passes its reward functions `log_metric`,
+        a method of the trainer, so the trainer's own group size can be read from it."""
+        trainer = getattr(log_metric, "__self__", None)
+        if trainer is None or not hasattr(trainer, "num_generations"):
+            return  # called outside a TRL trainer: the block check is all there is
+        model = getattr(trainer, "model", None)
+        training = model is None or model.training
+        expected = trainer.num_generations if training else (trainer.num_generations_eval or trainer.num_generations)
+        if expected != self.num_generations:
+            setting = "num_generations" if training else "num_generations_eval"
+            raise ValueError(
+                f"{self.__name__} was wrapped with as_reward_function(..., num_generations={self.num_generations}), "
+                f"but the trainer samples {setting}={expected} completions per prompt: its groups would be split. "
+                f"Wrap it with num_generations={expected}."
+            )
 
     def __repr__(self) -> str:
         return f"GroupRewardFunction({self.__name__}, num_generations={self.num_generations})"

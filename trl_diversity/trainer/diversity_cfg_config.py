@@ -105,7 +105,8 @@ class DiversityCFGFields:
             "help": "Hold a level of diversity instead of a fixed diversity_coef: a number (the target batch mean of "
             "the diversity reward r_i, within the measure's range), 'initial' (the starting policy's own on-policy "
             "diversity, measured over the first diversity_target_warmup_steps batches) or 'initial*<factor>' (e.g. "
-            "'initial*0.9'). A controller then moves the coefficient each training batch, starting from "
+            "'initial*0.9'). A controller then moves the coefficient once per generation batch (not per optimizer "
+            "step, under steps_per_generation or num_iterations > 1), starting from "
             "diversity_coef (which must be > 0), multiplicatively by a factor of at most 1.02 a batch, within [diversity_coef/100, "
             "diversity_coef*100]; logged as diversity/coef and diversity/target. None: diversity_coef is fixed."
         },
@@ -113,8 +114,8 @@ class DiversityCFGFields:
     diversity_target_warmup_steps: int = field(
         default=10,
         metadata={
-            "help": "With diversity_target='initial': the number of training batches whose mean diversity defines "
-            "the target; the coefficient stays at diversity_coef meanwhile."
+            "help": "With diversity_target='initial': the number of generation batches (not optimizer steps) whose "
+            "mean diversity defines the target; the coefficient stays at diversity_coef meanwhile."
         },
     )
 

@@ -12,6 +12,8 @@ The method itself is `DiversityCFGMixin` (`method.py`). This file holds only wha
 
 from __future__ import annotations
 
+import textwrap
+
 import torch
 from trl import GRPOTrainer, RLOOTrainer
 
@@ -20,6 +22,21 @@ from trl_diversity.trainer.method import TEACHER_ADAPTER, DiversityCFGMixin
 from trl_diversity.trainer.normalization import reduce_like_grpo, reduce_like_rloo
 
 __all__ = ["TEACHER_ADAPTER", "DiversityCFGRLOOTrainer", "DiversityCFGTrainer"]
+
+# The method's paper, cited by both trainers' model cards (TRL's `_paper`; GRPO's own names DeepSeekMath).
+CIDERON_ET_AL = {
+    "title": "Diversity-Rewarded CFG Distillation",
+    "id": "2410.06084",
+    # docstyle-ignore
+    "citation": textwrap.dedent("""\
+        @inproceedings{cideron2025diversity,
+            title        = {{Diversity-Rewarded CFG Distillation}},
+            author       = {Geoffrey Cideron and Andrea Agostinelli and Johan Ferret and Sertan Girgin and Romuald Elie and Olivier Bachem and Sarah Perrin and Alexandre Ram{\'e}},
+            booktitle    = {International Conference on Learning Representations},
+            year         = 2025,
+            eprint       = {arXiv:2410.06084},
+        }"""),
+}
 
 
 class DiversityCFGTrainer(DiversityCFGMixin, GRPOTrainer):
@@ -32,6 +49,7 @@ class DiversityCFGTrainer(DiversityCFGMixin, GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "trl-diversity", "cfg-distillation"]
     _name = "DiversityCFG"
+    _paper = CIDERON_ET_AL
     _config_class = DiversityCFGConfig
 
     def __init__(
@@ -130,6 +148,7 @@ class DiversityCFGRLOOTrainer(DiversityCFGMixin, RLOOTrainer):
 
     _tag_names = ["trl", "rloo", "trl-diversity", "cfg-distillation"]
     _name = "DiversityCFG-RLOO"
+    _paper = CIDERON_ET_AL
     _config_class = DiversityCFGRLOOConfig
 
     def __init__(
@@ -162,6 +181,16 @@ class DiversityCFGRLOOTrainer(DiversityCFGMixin, RLOOTrainer):
             peft_config=peft_config,
         )
         self._finish_method(setup, train_dataset)
+
+    def _check_algorithm_inputs(self, args, user_reward_funcs):
+        if args.normalize_advantages and not user_reward_funcs and args.beta != 0:
+            # With no quality reward RLOO's reward is `-beta * KL` alone; normalised by its own std, any `beta` gives
+            # the same advantages, so `beta` would stop meaning anything.
+            raise ValueError(
+                "normalize_advantages=True with no reward_funcs would normalise RLOO's only reward, -beta * KL, by its "
+                "own standard deviation, so beta would have no effect. Set normalize_advantages=False (the default), "
+                "or pass a quality reward in reward_funcs."
+            )
 
     def _rewards_without_quality_reward(self, global_size: int) -> torch.Tensor:
         # RLOO reads a row with no finite reward as "unscorable" (`isnan(row).all()`, True for an empty row): the whole

@@ -34,6 +34,9 @@ from transformers.trainer_callback import ExportableState
 
 logger = logging.getLogger(__name__)
 
+# An "initial" target below this is a policy with no measurable diversity (or a reward that returns 0): warned of.
+NEAR_ZERO_TARGET = 1e-6
+
 FIELD = "diversity_target"
 
 # The range of each built-in measure's per-sample reward r_i, hence of its batch mean (measures.py): 1 - cos of two
@@ -220,6 +223,12 @@ class DiversityCoefController:
       during which the coefficient stays at `initial_coef` (the running mean is still updated). Ten batches average
       the sampling noise (~3x less than one batch), while early in training the policy has moved little.
 
+    A "step" of the controller is one generation batch, not one optimizer step: it takes one measurement each time
+    the trainer generates (`_generate_and_score_completions`). With `steps_per_generation = s` (GRPO's default is the
+    gradient accumulation steps) a batch is trained on for `s` micro-steps, and with `num_iterations = n` reused `n`
+    times, so the rate per optimizer step is `rate * (generation batches per optimizer step)`, and the warm-up lasts
+    `warmup_steps` generation batches. Count `rate`, `warmup_steps` and the steps-to-target in generation batches.
+
     With a target of exactly 0 (an `"initial"` target of a policy without any diversity), the error is the limit of
     the formula: `-max_error` above 0, `+max_error` below, 0 at 0.
 
@@ -352,6 +361,13 @@ class DiversityCoefController:
                     f"Diversity controller: target set to {self._target:g} "
                     f"({self.target_spec.describe()}, over {self.warmup_steps} measurements)."
                 )
+                if abs(self._target) < NEAR_ZERO_TARGET:
+                    logger.warning(
+                        f"Diversity controller: the 'initial' target measured {self._target:g}: the starting policy "
+                        "shows no diversity on this reward, so any diversity is above target and the coefficient will "
+                        f"fall toward its lower bound {self.lower:g}. Set a numeric diversity_target, or check the "
+                        "diversity reward (does it return 0 for every group?)."
+                    )
             return self._coef
         self._coef = min(max(self._coef * (1.0 + self.rate * self.error), self.lower), self.upper)
         return self._coef

@@ -26,6 +26,7 @@ runs (no embedder, no teacher, no extra metric): the trainer is the TRL trainer 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from trl_diversity.trainer.hidden_states import capture_last_hidden_state, langu
 from trl_diversity.trainer.logit_scale import logit_scale, text_config
 from trl_diversity.trainer.model_card import name_local_base_model
 from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
+from trl_diversity.trainer.student_positions import positions_from_attention_mask
 from trl_diversity.trainer.teacher import guided_teacher_hidden_states
 from trl_diversity.trainer.teacher_model import teacher_model_is_missing
 from trl_diversity.trainer.trl_internals import (
@@ -112,6 +114,7 @@ class DiversityCFGMixin:
                 "Nothing to train on: distill_coef=0 and diversity_coef=0, and no reward_funcs were given. Set "
                 "distill_coef > 0 (CFG distillation), diversity_coef > 0 (diversity reward), or pass reward_funcs."
             )
+        self._check_algorithm_inputs(args, user_reward_funcs)
         # An environment may supply the prompts; only CFG needs them non-empty (it contrasts them with the null one).
         check_prompt = dict(require_prompt=environment_factory is None, allow_empty=args.distill_coef == 0)
         check_prompt_dataset(train_dataset, **check_prompt)
@@ -207,14 +210,18 @@ class DiversityCFGMixin:
             _check_no_softcapping(self.model)
             self._frozen_teacher_head = self._freeze_trainable_head()
             return  # the base model with the adapter disabled is the teacher: no second copy of the weights
+        elif initial_policy is not None:
+            # An in-memory policy is its own starting point. TRL's reference is no substitute: TRL reloads it from
+            # `config._name_or_path`, the checkpoint on disk, which differs from a policy changed in memory (a merged
+            # SFT adapter, resized embeddings, edited weights).
+            teacher = initial_policy
         elif self.ref_model is not None and not args.sync_ref_model:
-            # The trainer's frozen reference is the initial policy already. Not under `sync_ref_model`: the trainer then
-            # mixes the policy into its reference, and the teacher would drift toward the student.
+            # Loaded from the same path as the policy, the trainer's frozen reference is the initial policy already.
+            # Not under `sync_ref_model`: the trainer then mixes the policy into its reference, and the teacher would
+            # drift toward the student.
             self.teacher = self.ref_model
             _check_no_softcapping(self.teacher)
             return
-        elif initial_policy is not None:
-            teacher = initial_policy
         else:
             teacher = create_model_from_path(get_config_model_id(self.model.config), **self._teacher_init_kwargs())
         _check_no_softcapping(teacher)
@@ -377,8 +384,16 @@ class DiversityCFGMixin:
     # ----------------------------------------------------------------------------------------------------------------
     # The trainer's hooks (the same names and signatures in GRPO and RLOO)
 
+    def _student_positions(self):
+        """While distilling, the student's (and TRL's reference's) forwards count positions as the teacher does
+        (`student_positions.py`); with distillation off, nothing changes."""
+        if self.args.distill_coef == 0:
+            return contextlib.nullcontext()
+        return positions_from_attention_mask(self.model, self.ref_model)
+
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        with self._student_positions():
+            output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         if not self.reward_funcs:
             self._log_zero_quality_reward(mode)
@@ -405,6 +420,7 @@ class DiversityCFGMixin:
         if coef > 0:
             local = advantages[start : start + local_size].to(output["advantages"].device)
             output["advantages"] = output["advantages"] + local
+            _add_to_last(self._logs["advantages"], advantages.tolist())  # the completions table shows what trains
         metrics = self._metrics[mode]
         if pairwise:  # the group's mean reward is its mean pairwise dissimilarity: the paper's diversity
             metrics["diversity/pairwise"].append(rewards.mean().item())
@@ -425,7 +441,7 @@ class DiversityCFGMixin:
         if self.args.distill_coef == 0:
             return super()._compute_loss(model, inputs)
         # The student's hidden states come from the forward the trainer runs anyway for its log-probabilities.
-        with capture_last_hidden_state(self.accelerator.unwrap_model(model)) as captured:
+        with self._student_positions(), capture_last_hidden_state(self.accelerator.unwrap_model(model)) as captured:
             loss = super()._compute_loss(model, inputs)
         hidden = torch.cat(captured)
         prompt_length = inputs["prompt_ids"].size(1)
@@ -464,6 +480,9 @@ class DiversityCFGMixin:
     # ----------------------------------------------------------------------------------------------------------------
     # What each algorithm defines (see `diversity_cfg_trainer.py`)
 
+    def _check_algorithm_inputs(self, args, user_reward_funcs: list) -> None:
+        """Refuse, before any model loads, what the algorithm accepts but the method would make meaningless."""
+
     def _rewards_without_quality_reward(self, global_size: int) -> torch.Tensor:
         """The reward matrix `_calculate_rewards` returns when the user passed no reward function."""
         raise NotImplementedError
@@ -475,6 +494,13 @@ class DiversityCFGMixin:
     def _reduce_distillation(self, per_token: torch.Tensor, mask: torch.Tensor, inputs: dict, mode: str):
         """The per-token divergence reduced to a scalar exactly as the algorithm reduces its policy term."""
         raise NotImplementedError
+
+
+def _add_to_last(logged, values: list[float]) -> None:
+    """Add `values` to the last `len(values)` entries of `logged` (a list or a bounded deque), in place."""
+    count = min(len(values), len(logged))
+    tail = [logged.pop() for _ in range(count)][::-1]
+    logged.extend(old + new for old, new in zip(tail, values[len(values) - count :]))
 
 
 @contextmanager
