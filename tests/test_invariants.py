@@ -35,7 +35,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from invariant_configs import Setup, build, logged, setups, snapshot
-from test_drop_in import TIMING
+from test_drop_in import TIMING, assert_same_run
 
 from trl_diversity.rewards import LexicalDiversity, PartitionDiversity
 from trl_diversity.rewards.group import score_groups
@@ -99,14 +99,7 @@ def check_method_off_is_trl(setup: Setup, folder: Path):
         trainer = build(setup, folder / name, method=False, trl=trl, reward_funcs=[brevity], max_steps=2)
         trainer.train()
         runs.append(trainer)
-    theirs, ours = runs
-    assert [e.keys() for e in ours.state.log_history] == [e.keys() for e in theirs.state.log_history]
-    for expected, got in zip(theirs.state.log_history, ours.state.log_history):
-        for key, value in expected.items():
-            if not any(word in key for word in TIMING):
-                assert got[key] == value, f"{key}: TRL {value}, ours {got[key]}: {setup.describe()}"
-    for (name, p), q in zip(theirs.model.named_parameters(), ours.model.parameters()):
-        assert torch.equal(p, q), f"{name} trained differently: {setup.describe()}"
+    assert_same_run(*runs, name=f"TRL ({setup.describe()})")
 
 
 @FEW
