@@ -48,6 +48,7 @@ class Finetune:
     seed: int = 0
     algorithm: str = "grpo"  # TRL's GRPO or RLOO under the method (`train --algorithm`)
     diversity_target: str | None = None  # a diversity target held by the controller; diversity_coef starts it
+    entropy_coef: float = 0.0  # TRL's own entropy bonus (GRPOConfig.entropy_coef): the baseline a TRL user tries first
 
     def key(self) -> str:
         fields = asdict(self)
@@ -59,7 +60,7 @@ class Finetune:
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
-LATE_FIELDS = {"algorithm": "grpo", "diversity_target": None}
+LATE_FIELDS = {"algorithm": "grpo", "diversity_target": None, "entropy_coef": 0.0}
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,10 @@ class Budget:
     max_new_tokens: int
     quality: Finetune
     diversity: Finetune
-    guidance_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
-    temperatures: tuple[float, ...] = (1.0, 0.85, 0.7, 0.5)
+    guidance_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
+    # Down to T = 0.3 so that temperature's dial reaches the finetunes' adherence (0.56-0.62): T = 0.5 stopped at 0.576
+    # and left no shared range to compare fronts on (#23).
+    temperatures: tuple[float, ...] = (1.0, 0.85, 0.7, 0.5, 0.4, 0.3)
     weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     prompts_per_batch: int = 8
     save_steps: int = 8
@@ -174,6 +177,7 @@ def train_finetune(
         "seed": finetune.seed,
         **({"algorithm": finetune.algorithm} if finetune.algorithm != "grpo" else {}),
         **({"diversity_target": finetune.diversity_target} if finetune.diversity_target is not None else {}),
+        **({"entropy_coef": finetune.entropy_coef} if finetune.entropy_coef else {}),
         "save_steps": budget.save_steps,
         "report_prompts": 0,
         "disable_tqdm": "true",
@@ -378,13 +382,19 @@ class Variant:
       unchanged, so only the new finetune and its LERP points are computed);
     - `algorithm`: both finetunes on another TRL algorithm (the base points are reused);
     - `seed`: both finetunes with another training seed (the evaluation's sampling seed stays 0, so points stay
-      paired with every other run's).
+      paired with every other run's);
+    - `entropy_coef`: in place of the diversity model, distillation with TRL's entropy bonus and no diversity reward
+      (`diversity_coef = 0`): the baseline a TRL user reaches for first;
+    - `distill_divergence`: the diversity model distils with another divergence (a lever; the quality model keeps
+      the budget's).
     """
 
     diversity_coef: float | None = None
     diversity_target: str | None = None
     algorithm: str | None = None
     seed: int | None = None
+    entropy_coef: float | None = None
+    distill_divergence: str | None = None
 
     def apply(self, budget: Budget) -> Budget:
         quality, diversity = budget.quality, budget.diversity
@@ -392,6 +402,10 @@ class Variant:
             diversity = replace(diversity, diversity_coef=self.diversity_coef)
         if self.diversity_target is not None:
             diversity = replace(diversity, diversity_target=self.diversity_target)
+        if self.entropy_coef is not None:
+            diversity = replace(diversity, diversity_coef=0.0, entropy_coef=self.entropy_coef)
+        if self.distill_divergence is not None:
+            diversity = replace(diversity, distill_divergence=self.distill_divergence)
         for name in ("algorithm", "seed"):
             if getattr(self, name) is not None:
                 quality = replace(quality, **{name: getattr(self, name)})
@@ -409,6 +423,10 @@ class Variant:
             parts.append(f"target-{self.diversity_target.replace('*', 'x')}")
         if self.algorithm not in (None, budget.quality.algorithm):
             parts.append(self.algorithm)
+        if self.entropy_coef is not None:
+            parts.append(f"entropy{exact(self.entropy_coef)}")
+        if self.distill_divergence not in (None, budget.diversity.distill_divergence):
+            parts.append(self.distill_divergence)
         if self.seed not in (None, budget.quality.seed):
             parts.append(f"seed{self.seed}")
         return "".join(f"_{part}" for part in parts)
@@ -436,6 +454,10 @@ def command_of(budget_name: str, variant: Variant | float | None) -> str:
         flags += f" --diversity_target {variant.diversity_target}"
     if variant.algorithm not in (None, budget.quality.algorithm):
         flags += f" --algorithm {variant.algorithm}"
+    if variant.entropy_coef is not None:
+        flags += f" --entropy_coef {exact(variant.entropy_coef)}"
+    if variant.distill_divergence not in (None, budget.diversity.distill_divergence):
+        flags += f" --distill_divergence {variant.distill_divergence}"
     if variant.seed not in (None, budget.quality.seed):
         flags += f" --seed {variant.seed}"
     return flags
@@ -574,10 +596,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="both finetunes with this training seed (_seed<n>)")
     parser.add_argument(
+        "--entropy_coef",
+        type=float,
+        default=None,
+        help="the baseline of TRL's entropy bonus: in place of the diversity model, distillation with this "
+        "entropy_coef and no diversity reward (_entropy<value>)",
+    )
+    parser.add_argument(
+        "--distill_divergence",
+        choices=["reverse_kl", "forward_kl", "jsd"],
+        default=None,
+        help="the diversity model distils with this divergence (_<divergence>)",
+    )
+    parser.add_argument(
         "--endpoints_only",
         action="store_true",
         help="evaluate the two finetunes' own points (w = 0, w = 1) and the base model's, not the LERP interior, and "
         "write no report: a second seed's claims (a) and (b) without merging",
+    )
+    parser.add_argument(
+        "--train_quality_only",
+        action="store_true",
+        help="train (or resume) the quality model (beta = 0) and stop: for a machine whose checkpoints are gone",
     )
     args = parser.parse_args(argv)
     if args.endpoints_only and args.report_only:
@@ -593,12 +633,31 @@ def main(argv: list[str] | None = None) -> None:
             parse_diversity_target(args.diversity_target)
         except ValueError as error:
             parser.error(str(error))
-    variant = Variant(args.diversity_coef, args.diversity_target, args.algorithm, args.seed)
+    if args.entropy_coef is not None:
+        if not (math.isfinite(args.entropy_coef) and args.entropy_coef > 0):
+            parser.error(f"--entropy_coef must be a finite number > 0, got {args.entropy_coef}")
+        if args.diversity_coef is not None or args.diversity_target is not None:
+            parser.error("--entropy_coef replaces the diversity reward: drop --diversity_coef / --diversity_target")
+    variant = Variant(
+        args.diversity_coef,
+        args.diversity_target,
+        args.algorithm,
+        args.seed,
+        entropy_coef=args.entropy_coef,
+        distill_divergence=args.distill_divergence,
+    )
     full = args.budget == "full"
     results = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction-{args.budget}")
     checkpoints = Path(args.checkpoints or ROOT / "outputs" / f"reproduce-{args.budget}")
+    if args.train_quality_only:
+        budget = variant.apply(BUDGETS[args.budget])
+        folder, seconds = train_finetune(
+            budget.quality, budget, checkpoints, results, for_run=command_of(args.budget, variant)
+        )
+        print(f"Quality model: {folder} ({'cached' if seconds is None else f'{seconds / 60:.1f} min'})")
+        return
     default_name = "reproduction" + variant.suffix(BUDGETS[args.budget])
-    report = Path(args.report or (ROOT / "docs" if full else results) / f"{default_name}.md")
+    report = Path(args.report or (ROOT / "docs" / "results" if full else results) / f"{default_name}.md")
     if run(args.budget, results, checkpoints, report, args.report_only, variant, args.endpoints_only) is not None:
         print(f"Report: {report}")
 

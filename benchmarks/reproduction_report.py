@@ -22,6 +22,15 @@ FAMILIES = {
     "temperature": ("temperature on the base (1 pass / token)", "tab:green", "^"),
     "lerp": ("LERP of the two finetunes (1 pass / token)", "tab:blue", "o"),
 }
+# Claim (b), decided here for every report (reproduction_report and compare_finetunes): at least +20% MiniLM
+# diversity over beta = 0, at most 5% adherence loss, and a held-out judge agreeing after Holm's correction for
+# asking four of them.
+MIN_DIVERSITY_GAIN, MAX_ADHERENCE_LOSS = 0.20, 0.05
+# Claim (a)'s equivalence margin, stated before any run of #23 was judged: the beta = 0 model "matches" a CFG scale
+# when the lower end of the 95% CI of (beta = 0 - CFG) adherence lies above -0.02, about the half-width of a paired
+# adherence CI on 48 prompts. gamma* is the largest scale it matches so (a non-inferiority test, not a failure to
+# reject a difference).
+ADHERENCE_MARGIN = 0.02
 # Fronts whose shared adherence range is narrower than this only touch: no gap is reported for them.
 MIN_SHARED_ADHERENCE = 0.005
 # diversity/coef is logged only with a diversity target: the coefficient the controller set for each batch.
@@ -60,6 +69,23 @@ def _excludes_zero(d: dict, direction: str) -> bool:
     return d["low"] > 0 if direction == "higher" else d["high"] < 0
 
 
+def agreeing_judges(judges: dict[str, dict]) -> list[str]:
+    """The held-out judges whose paired difference favours the diversity model, after Holm's correction across all
+    of them (each `judges[name]` a `paired_difference`, its direction from HELD_OUT)."""
+    from trl_diversity.toolkit.comparison import holm_rejections
+
+    rejected = holm_rejections({name: d["p_value"] for name, d in judges.items()})
+    favourable = {name for name, d in judges.items() if (d["mean"] > 0) == (HELD_OUT[name] == "higher")}
+    return [name for name in judges if name in rejected and name in favourable]
+
+
+def claim_b_verdict(gain: float, loss: float, agreeing: list[str]) -> str:
+    """The one rule for claim (b): holds when all three parts hold; partly when the diversity gain or the adherence
+    budget is met (a judge alone is not a partial win); else it does not hold."""
+    parts = [gain >= MIN_DIVERSITY_GAIN, loss <= MAX_ADHERENCE_LOSS, bool(agreeing)]
+    return "holds" if all(parts) else "partly" if any(parts[:2]) else "does not hold"
+
+
 def analyse(evaluated: dict) -> dict:
     """Every comparison the claims rest on, from the points' per-prompt metrics."""
     by_label = {point.label: entry for point, entry in evaluated.items()}
@@ -72,15 +98,15 @@ def analyse(evaluated: dict) -> dict:
         return paired_difference(a["per_prompt"][metric], b["per_prompt"][metric])
 
     analysis: dict = {"distillation": {}, "diversity": {}, "interpolation": {}, "fronts": {}}
-    # (a) the beta = 0 model against every CFG point: gamma* is the largest gamma whose adherence it matches (the
-    # paired CI of the difference reaches zero or above).
+    # (a) the beta = 0 model against every CFG point: gamma* is the largest gamma whose adherence it matches within
+    # the margin stated in advance (the paired CI's lower end above -ADHERENCE_MARGIN).
     for entry in cfg:
         analysis["distillation"][entry["label"]] = {
             "gamma": entry["value"],
             "adherence": paired(quality_model, entry, QUALITY),
             "fluency_nll": paired(quality_model, entry, "fluency_nll"),
         }
-    matched = [c for c in cfg if analysis["distillation"][c["label"]]["adherence"]["high"] >= 0]
+    matched = [c for c in cfg if analysis["distillation"][c["label"]]["adherence"]["low"] > -ADHERENCE_MARGIN]
     gamma_star = max((c["value"] for c in matched), default=None)
     analysis["gamma_star"] = gamma_star
     star = next((c for c in cfg if c["value"] == gamma_star), cfg[0])
@@ -158,7 +184,7 @@ def claims(analysis: dict) -> list[dict]:
             "claim": "(a) CFG distillation (beta = 0) matches CFG's adherence at some gamma* >= 2, fluency NLL no "
             "worse, at 1 forward pass per token",
             "measured": f"gamma* = {gamma_star if gamma_star is not None else 'none'} (largest CFG scale whose "
-            f"adherence the beta = 0 model matches within the paired CI); adherence beta=0 - {star}: "
+            f"adherence the beta = 0 model matches: paired 95% CI above -{ADHERENCE_MARGIN}); adherence beta=0 - {star}: "
             f"{_signed(distill['adherence'])}; fluency NLL difference {_signed(distill['fluency_nll'], 2)}",
             "verdict": verdict,
         }
@@ -168,21 +194,17 @@ def claims(analysis: dict) -> list[dict]:
     base_adherence = analysis["by_label"][analysis["labels"]["quality"]]["metrics"][QUALITY]["mean"]
     relative_gain = diversity[MINILM]["mean"] / base_minilm
     relative_loss = -diversity[QUALITY]["mean"] / base_adherence
-    held_out = [m for m, direction in HELD_OUT.items() if _excludes_zero(diversity[m], direction)]
-    conditions = [relative_gain >= 0.20, relative_loss <= 0.05, bool(held_out)]
+    held_out = agreeing_judges({m: diversity[m] for m in HELD_OUT})
     rows.append(
         {
             "claim": "(b) the diversity model raises MiniLM diversity >= 20% over beta = 0, loses <= 5% adherence, "
             "and the gain shows in a held-out judge",
             "measured": f"MiniLM diversity {relative_gain:+.1%} ({_signed(diversity[MINILM])}), adherence "
-            f"{-relative_loss:+.1%} ({_signed(diversity[QUALITY])}); held-out judges with a CI excluding zero: "
+            f"{-relative_loss:+.1%} ({_signed(diversity[QUALITY])}); held-out judges agreeing (Holm-corrected over "
+            f"{len(HELD_OUT)}): "
             f"{', '.join(held_out) or 'none'} (partitions {_signed(diversity['partitions'], 2)}); diversity "
             f"win rate vs beta = 0: {diversity[MINILM]['win_rate']:.0%} of prompts (paper: 79% of human ratings)",
-            "verdict": "holds"
-            if all(conditions)
-            else "partly"
-            if any(conditions[:1] + conditions[2:])
-            else "does not hold",
+            "verdict": claim_b_verdict(relative_gain, relative_loss, held_out),
         }
     )
     fronts = analysis["fronts"]
@@ -278,7 +300,7 @@ def comparisons_table(analysis: dict) -> list[str]:
 def fronts_table(analysis: dict) -> list[str]:
     lines = [
         "| fronts (A vs B) | diversity judge | mean gap A - B at matched adherence [95% CI] | shared adherence range "
-        "| resamples with overlap |",
+        "| resamples where a front does not span that range (compared at its end point) |",
         "|---|---|---|---|---|",
     ]
     for name, gap in analysis["fronts"].items():
@@ -291,7 +313,7 @@ def fronts_table(analysis: dict) -> list[str]:
             continue
         low, high = gap["quality_range"]
         lines.append(
-            f"| {pair} | {metric} | {_signed(gap)} | {low:.3f}-{high:.3f} | {gap['overlapping_resamples']:.0%} |"
+            f"| {pair} | {metric} | {_signed(gap)} | {low:.3f}-{high:.3f} | {gap['resamples_outside_range']:.0%} |"
         )
     return lines
 

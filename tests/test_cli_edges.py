@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from documentation import guide, section
 
 SCRIPT = Path(sys.executable).parent / "trl-diversity"
 pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="the trl-diversity console script is not installed")
@@ -195,9 +196,9 @@ def test_the_python_api_refuses_bf16_on_a_cpu_as_the_readme_says(tmp_path):
 
     with pytest.raises(ValueError, match="bf16"):
         DiversityCFGConfig(output_dir=str(tmp_path), bf16=True)
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert "an explicit `bf16=True` fails on a CPU" in readme
-    assert "`--bf16 true` on a machine without a GPU" in readme
+    training = guide("training.md")
+    assert "an explicit `bf16=True` fails on a CPU" in training
+    assert "`--bf16 true` on a machine without a GPU" in training
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -294,10 +295,10 @@ def test_an_adapter_recording_another_machines_default_model_path_resolves_to_th
     check_model(str(adapter), "--model")  # not refused as "a base model that does not exist"
 
 
-def test_the_readme_says_where_the_default_model_is_cached_and_how_to_move_it():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert "~/.cache/trl_diversity/" in readme and "TRL_DIVERSITY_CACHE" in readme
-    assert '"base_model_name_or_path": "default"' in readme
+def test_the_guide_says_where_the_default_model_is_cached_and_how_to_move_it():
+    training = guide("training.md")
+    assert "~/.cache/trl_diversity/" in training and "TRL_DIVERSITY_CACHE" in training
+    assert '"base_model_name_or_path": "default"' in training
 
 
 def _current_umask() -> int:
@@ -329,7 +330,6 @@ def test_plain_trl_with_a_group_reward_prints_no_deprecation_warning(tmp_path):
     assert "FutureWarning" not in result.stderr and "deprecated" not in result.stderr, result.stderr
 
 
-def test_the_readme_explains_the_zero_reward_logged_without_quality_rewards():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    metrics = readme.split("## Logged metrics", 1)[1].split("\n## ", 1)[0]
+def test_the_guide_explains_the_zero_reward_logged_without_quality_rewards():
+    metrics = section(guide("method.md"), "## Logged metrics")
     assert "`frac_reward_zero_std`" in metrics and "no quality reward" in metrics

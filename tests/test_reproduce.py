@@ -95,7 +95,7 @@ def test_compare_finetunes_reads_the_committed_cache_without_a_model(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     text = (tmp_path / "models.md").read_text()
-    # The beta = 15 row is the one docs/reproduction.md reports: +7.8% MiniLM diversity, -1.3% adherence.
+    # The beta = 15 row is the one docs/results/reproduction.md reports: +7.8% MiniLM diversity, -1.3% adherence.
     assert "| beta = 15 (vs beta = 0, seed 0) | +7.8% (+0.033 [+0.012, +0.054]) | -1.3%" in text
     assert (tmp_path / "s.json").read_text() == (results / "diversity_models.json").read_text()  # the same numbers
     assert (tmp_path / "models_training.png").stat().st_size > 0

@@ -61,9 +61,9 @@ def build_model(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: i
     return LlamaForCausalLM(config)
 
 
-def save_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
+def save_tiny_checkpoint(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
     tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer), seed=seed)
+    model = build_model(len(tokenizer), seed=seed, hidden_size=hidden_size)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -3,11 +3,13 @@
 from trl_diversity.rewards.text import completion_text
 
 CALLS = []  # the prompt of every group this process scored with rank_by_length
+GROUPS = []  # (prompt, completions) of every group this process scored with rank_by_length
 
 
 def rank_by_length(prompt, completions, **kwargs):
     """A toy groupwise ranking: the longest completion of the group gets 1, the shortest 0 (ties by position)."""
     CALLS.append(completion_text(prompt))
+    GROUPS.append((completion_text(prompt), [completion_text(c) for c in completions]))
     lengths = [len(completion_text(c)) for c in completions]
     order = sorted(range(len(completions)), key=lambda i: (lengths[i], i))
     ranks = [0.0] * len(completions)

@@ -38,8 +38,6 @@ from trl_diversity.cli.arguments import (
 from trl_diversity.defaults import (
     DEFAULT_JOB_LORA,
     DEFAULT_JOB_TRAINING,
-    DEFAULT_MODEL_NAMES,
-    is_default_model,
     resolve_model,
 )
 from trl_diversity.errors import UserError, did_you_mean
@@ -473,17 +471,7 @@ def build_trainer(script_args: TrainScriptArguments, training_args: DiversityCFG
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    if is_default_model(model_args.model_name_or_path):
-        record_portable_base(trainer.accelerator.unwrap_model(trainer.model))
-    return trainer
-
-
-def record_portable_base(model) -> None:
-    """Make the adapters of the default model name their base `default` rather than this machine's cache folder
-    (`~/.cache/trl_diversity/...`), so that an adapter copied to another machine finds its base there too: the
-    loaders (`generate`, `evaluate`, `merge`, `sweep`, `dial`) resolve `default` to that machine's copy."""
-    for config in getattr(model, "peft_config", {}).values():
-        config.base_model_name_or_path = DEFAULT_MODEL_NAMES[0]
+    return trainer  # an adapter of the default model is saved naming its base `default` (the trainer's `_save`)
 
 
 def load_checked_dataset(script_args: TrainScriptArguments):

@@ -7,7 +7,10 @@ odd one out). It is a callable, called with keyword arguments. Unbatched (the de
 
 `completions` are exactly what GRPO hands its reward functions (strings, or message lists for conversational data).
 `kwargs` holds `completion_ids` and every dataset column as lists of `k` values (one per completion, as GRPO repeats
-them), plus `trainer_state`; accept `**kwargs` to ignore what you do not use. Marked batched (`@batched_group_reward`,
+them), plus `trainer_state` and, inside a TRL trainer, `log_metric` (TRL averages what every process logs); accept
+`**kwargs` to ignore what you do not use. `log_extra` is not passed: it takes one value per completion of this
+process's slice, while a group reward scores a share of the gathered batch. An `async def` reward is awaited, its
+groups concurrently. Marked batched (`@batched_group_reward`,
 or a `batched = True` attribute), it scores several groups per call, everything one list level deeper:
 
     reward(prompts=[G prompts], completions=[G lists of k], **kwargs) -> G lists of k floats
@@ -22,7 +25,10 @@ is left waiting in a collective), as a `GroupRewardError` naming the reward and 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -168,6 +174,10 @@ class _Batch:
                     f"(prompts {groups.start} to {groups.stop - 1} of the batch); it must return one list of "
                     f"{self.k} rewards per prompt."
                 )
+            if inspect.isawaitable(outputs):  # an async batched reward
+                outputs = _await_all([outputs])[0]
+                if isinstance(outputs, Exception):
+                    raise GroupRewardError(self.describe_failure(outputs, groups)) from outputs
         else:
             outputs = []
             for group in groups:
@@ -182,6 +192,11 @@ class _Batch:
                     )
                 except Exception as error:
                     raise GroupRewardError(self.describe_failure(error, range(group, group + 1))) from error
+            if any(inspect.isawaitable(output) for output in outputs):  # an async reward: its groups run concurrently
+                outputs = _await_all(outputs)
+                for group, output in zip(groups, outputs):
+                    if isinstance(output, Exception):
+                        raise GroupRewardError(self.describe_failure(output, range(group, group + 1))) from output
         return [value for group, values in zip(groups, outputs) for value in self.check(values, group)]
 
     def check(self, values, group: int) -> list[float | None]:
@@ -219,6 +234,22 @@ class _Batch:
     def excerpt(self, group: int, width: int = 60) -> str:
         text = " ".join(completion_text(self.prompts[group * self.k]).split())
         return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+def _await_all(awaitables: list) -> list:
+    """Await every group's coroutine concurrently (an async group reward, e.g. a judge behind an API); a failure comes
+    back as its exception, in its place. Runs its own event loop, in a worker thread when this thread already runs
+    one (a notebook)."""
+
+    async def gather():
+        return await asyncio.gather(*awaitables, return_exceptions=True)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(gather())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, gather()).result()
 
 
 def _is_sequence(value) -> bool:

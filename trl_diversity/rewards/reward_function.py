@@ -48,7 +48,7 @@ class GroupRewardFunction:
             completions,
             self.num_generations,
             columns,
-            extra={"trainer_state": kwargs["trainer_state"]} if "trainer_state" in kwargs else None,
+            extra={key: kwargs[key] for key in ("trainer_state", "log_metric") if key in kwargs},
             name=self.__name__,
             allow_none=True,
             check_groups=True,

@@ -37,7 +37,30 @@ def paired_difference(a, b, confidence: float = 0.95, resamples: int = RESAMPLES
     means = difference[_bootstrap_indices(difference.size, resamples, seed)].mean(axis=1)
     low, high = _interval(means, confidence)
     wins = float(np.mean((difference > 0) + 0.5 * (difference == 0)))
-    return {"mean": float(difference.mean()), "low": low, "high": high, "win_rate": wins, "n": int(difference.size)}
+    # Two-sided bootstrap p-value of "no difference": twice the share of resampled means on the far side of zero
+    # (the smallest confidence level whose percentile interval contains 0), at least one resample's worth.
+    far_side = min(np.mean(means <= 0), np.mean(means >= 0))
+    p_value = float(min(1.0, max(2 * far_side, 1 / resamples)))
+    return {
+        "mean": float(difference.mean()),
+        "low": low,
+        "high": high,
+        "win_rate": wins,
+        "n": int(difference.size),
+        "p_value": p_value,
+    }
+
+
+def holm_rejections(p_values: dict[str, float], alpha: float = 0.05) -> set[str]:
+    """The hypotheses Holm's step-down procedure rejects at family-wise error `alpha`: "any of m judges agrees" is
+    only evidence once corrected for asking m of them."""
+    rejected = set()
+    ordered = sorted(p_values.items(), key=lambda item: item[1])
+    for rank, (name, p_value) in enumerate(ordered):
+        if p_value > alpha / (len(ordered) - rank):
+            break
+        rejected.add(name)
+    return rejected
 
 
 def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -51,16 +74,21 @@ def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return sorted(kept)
 
 
-def _gap_at_matched_quality(family_a, family_b, grid_size: int) -> tuple[float, float, float] | None:
+def _shared_range(family_a, family_b) -> tuple[float, float] | None:
+    """The quality range both families' fronts span, None when they share none."""
     front_a, front_b = front(family_a), front(family_b)
-    low = max(front_a[0][0], front_b[0][0])
-    high = min(front_a[-1][0], front_b[-1][0])
-    if high <= low:
-        return None
-    grid = np.linspace(low, high, grid_size)
+    low, high = max(front_a[0][0], front_b[0][0]), min(front_a[-1][0], front_b[-1][0])
+    return (float(low), float(high)) if high > low else None
+
+
+def _gap_on_grid(family_a, family_b, grid: np.ndarray) -> tuple[float, bool]:
+    """The mean diversity gap of front A over front B on a fixed quality grid, and whether both fronts span it. A
+    front is read at its end point beyond its range (`np.interp` holds the end value)."""
+    front_a, front_b = front(family_a), front(family_b)
+    spans = all(f[0][0] <= grid[0] and grid[-1] <= f[-1][0] for f in (front_a, front_b))
     diversity_a = np.interp(grid, [q for q, _ in front_a], [d for _, d in front_a])
     diversity_b = np.interp(grid, [q for q, _ in front_b], [d for _, d in front_b])
-    return float(np.mean(diversity_a - diversity_b)), float(low), float(high)
+    return float(np.mean(diversity_a - diversity_b)), spans
 
 
 def _arrays(family: list[dict], quality: str, diversity: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -86,33 +114,37 @@ def matched_quality_gap(
     """Mean diversity gap of front A over front B across the quality range both fronts span.
 
     Each family is a list of points' `per_prompt` dicts. Each front is its family's Pareto front, linearly
-    interpolated in quality; the gap is averaged over an even grid of the shared quality range. The CI resamples
-    prompts jointly for every point of both families (paired), rebuilding both fronts each time. None when the
-    fronts share no quality range.
+    interpolated in quality; the gap is averaged over an even grid of the shared quality range. That range is fixed
+    by the point estimate, so every resample measures the same quantity: the CI resamples prompts jointly for every
+    point of both families (paired), rebuilding both fronts each time and reading them on that fixed grid (a front
+    that no longer reaches across it is read at its end point). `resamples_outside_range` is the share of resamples
+    where that happened. None when the fronts share no quality range.
     """
 
     a, b = _arrays(family_a, quality, diversity), _arrays(family_b, quality, diversity)
     sizes = {q.size for q, _ in a + b} | {d.size for _, d in a + b}
     if len(sizes) != 1:
         raise ValueError("Every point of both families must be evaluated on the same prompts.")
-
-    def gap(index):
-        return _gap_at_matched_quality(_means(a, index), _means(b, index), grid_size)
-
     num_prompts = sizes.pop()
-    estimate = gap(np.arange(num_prompts))
-    if estimate is None:
+    everything = np.arange(num_prompts)
+    shared = _shared_range(_means(a, everything), _means(b, everything))
+    if shared is None:
         return None
-    # A resample whose fronts happen not to overlap contributes nothing; their share is reported.
-    samples = [gap(index) for index in _bootstrap_indices(num_prompts, resamples, seed)]
-    gaps = np.array([s[0] for s in samples if s is not None])
-    low, high = _interval(gaps, confidence) if gaps.size else (float("nan"), float("nan"))
+    grid = np.linspace(*shared, grid_size)
+    estimate, _ = _gap_on_grid(_means(a, everything), _means(b, everything), grid)
+    samples = [
+        _gap_on_grid(_means(a, index), _means(b, index), grid)
+        for index in _bootstrap_indices(num_prompts, resamples, seed)
+    ]
+    gaps = np.array([gap for gap, _ in samples])
+    low, high = _interval(gaps, confidence)
     return {
-        "mean": estimate[0],
+        "mean": estimate,
         "low": low,
         "high": high,
-        "quality_range": [estimate[1], estimate[2]],
-        "overlapping_resamples": float(gaps.size / resamples),
+        "quality_range": list(shared),
+        "resamples_used": int(gaps.size),
+        "resamples_outside_range": float(np.mean([not spans for _, spans in samples])),
     }
 
 
@@ -130,23 +162,30 @@ def gap_to_front(
 
     `point` and each member of `family` are `per_prompt` dicts on the same prompts. The front (Pareto, linearly
     interpolated) is read at the point's mean quality; the CI resamples prompts jointly for the point and the family.
-    None when the point's quality lies outside the front's quality range.
+    A resample whose point falls outside its front's range compares against the front's end point and is counted
+    (`inside_resamples` is the share that stayed inside), not dropped. None when the point's quality lies outside the
+    front's quality range.
     """
 
     own, members = _arrays([point], quality, diversity), _arrays(family, quality, diversity)
 
-    def gap(index):
+    def gap(index) -> tuple[float, bool]:
         [(own_quality, own_diversity)] = _means(own, index)
         edge = front(_means(members, index))
-        if not edge[0][0] <= own_quality <= edge[-1][0]:
-            return None
-        return own_diversity - float(np.interp(own_quality, [q for q, _ in edge], [d for _, d in edge]))
+        inside = edge[0][0] <= own_quality <= edge[-1][0]
+        return own_diversity - float(np.interp(own_quality, [q for q, _ in edge], [d for _, d in edge])), inside
 
     num_prompts = len(point[quality])
-    estimate = gap(np.arange(num_prompts))
-    if estimate is None:
+    estimate, inside = gap(np.arange(num_prompts))
+    if not inside:
         return None
     samples = [gap(index) for index in _bootstrap_indices(num_prompts, resamples, seed)]
-    gaps = np.array([s for s in samples if s is not None])
-    low, high = _interval(gaps, confidence) if gaps.size else (float("nan"), float("nan"))
-    return {"mean": estimate, "low": low, "high": high, "inside_resamples": float(gaps.size / resamples)}
+    gaps = np.array([value for value, _ in samples])
+    low, high = _interval(gaps, confidence)
+    return {
+        "mean": estimate,
+        "low": low,
+        "high": high,
+        "resamples_used": int(gaps.size),
+        "inside_resamples": float(np.mean([inside for _, inside in samples])),
+    }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig, RLOOConfig
 
@@ -254,22 +254,67 @@ class DiversityCFGFields:
         return cls(**{**DEFAULT_JOB_TRAINING, "output_dir": output_dir, **overrides})
 
 
+# The method's fields, grouped as TRL groups its own in its configs' `Parameters:` docstrings.
+FIELD_GROUPS = {
+    "Parameters that control CFG distillation": (
+        "guidance_scale",
+        "distill_coef",
+        "distill_divergence",
+        "distill_jsd_beta",
+        "unconditional_prompt",
+        "teacher_model",
+    ),
+    "Parameters that control the diversity reward": ("diversity_coef", "diversity_reward", "diversity_embedder"),
+    "Parameters that control the diversity target": ("diversity_target", "diversity_target_warmup_steps"),
+    "Parameters that control safety": ("max_nonfinite_steps",),
+}
+
+
+def parameters_docstring(groups: dict[str, tuple[str, ...]] = FIELD_GROUPS) -> str:
+    """The `Parameters:` section of the configs' docstrings, rendered from each field's type, default and help (so the
+    docstring, `--help` and the recipe keys never disagree)."""
+    import textwrap
+
+    declared = {f.name: f for f in fields(DiversityCFGFields)}
+    lines = ["    Parameters:"]
+    for title, names in groups.items():
+        lines += [f"        > {title}", ""]
+        for name in names:
+            spec = declared[name]
+            kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
+            optional = ", *optional*" if "None" in kind else ""
+            lines.append(
+                f"        {name} (`{kind.replace(' | None', '')}`{optional}, defaults to `{spec.default!r}`):"
+            )
+            lines += textwrap.wrap(spec.metadata["help"], 110, initial_indent=" " * 12, subsequent_indent=" " * 12)
+        lines.append("")
+    return "\n".join(lines)
+
+
 @dataclass
 class DiversityCFGConfig(DiversityCFGFields, GRPOConfig):
-    """Configuration of [`DiversityCFGTrainer`]: `GRPOConfig` plus the method's fields; every GRPO field keeps its
-    meaning."""
+    """Configuration of [`DiversityCFGTrainer`]: [`~trl.GRPOConfig`] plus the method's fields below. Every GRPO field
+    keeps its meaning and its default (GRPO's, meant for long GPU runs; `DiversityCFGConfig.default_job()` gives the
+    CPU-sized default job). The paper's gamma is `guidance_scale` and its beta `diversity_coef`; TRL's own `beta` is
+    the KL-to-reference coefficient and is unrelated.
+
+    """
 
 
 @dataclass
 class DiversityCFGRLOOConfig(DiversityCFGFields, RLOOConfig):
-    """Configuration of [`DiversityCFGRLOOTrainer`]: `RLOOConfig` plus the method's fields; every RLOO field keeps
-    its meaning and default (`beta=0.05`, the KL penalty in the reward; `num_generations=2`)."""
+    """Configuration of [`DiversityCFGRLOOTrainer`]: [`~trl.RLOOConfig`] plus the method's fields below. Every RLOO
+    field keeps its meaning and its default (`beta=0.05`, the KL penalty in the reward; `num_generations=2`).
+
+    """
+
+
+DiversityCFGConfig.__doc__ += parameters_docstring()
+DiversityCFGRLOOConfig.__doc__ += parameters_docstring()
 
 
 def method_field_names() -> list[str]:
     """The method's own fields, in declaration order (the same in both configs)."""
-    from dataclasses import fields
-
     return [f.name for f in fields(DiversityCFGFields)]
 
 

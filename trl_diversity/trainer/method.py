@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ import torch
 from accelerate.utils import is_peft_model
 from trl.data_utils import is_conversational
 
-from trl_diversity.defaults import DEFAULT_MODEL_NAMES, resolve_model
+from trl_diversity.atomic import write_text_atomic
+from trl_diversity.defaults import DEFAULT_MODEL_NAMES, default_model_path_if_converted, resolve_model
 from trl_diversity.rewards.baselines import group_advantages, is_pairwise
 from trl_diversity.rewards.group import LOCAL_KWARGS, score_groups
 from trl_diversity.rewards.registry import resolve_group_reward
@@ -48,7 +50,7 @@ from trl_diversity.trainer.diversity_controller import (
 )
 from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
 from trl_diversity.trainer.logit_scale import logit_scale, text_config
-from trl_diversity.trainer.model_card import name_local_base_model
+from trl_diversity.trainer.model_card import name_local_base_model, name_local_folder_in_example
 from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
 from trl_diversity.trainer.student_positions import positions_from_attention_mask
 from trl_diversity.trainer.teacher import guided_teacher_hidden_states
@@ -63,6 +65,7 @@ from trl_diversity.trainer.trl_internals import (
     use_adapter,
 )
 from trl_diversity.trainer.validation import check_chat_template, check_distillation_inputs, check_prompt_dataset
+from trl_diversity.vllm_cpu import prepare_vllm
 
 # The frozen copy of a user-supplied adapter: the teacher is the initial policy, which TRL's convention calls "ref".
 TEACHER_ADAPTER = "ref"
@@ -93,8 +96,12 @@ class DiversityCFGMixin:
 
         Returns `(model, args, setup)`."""
         config_class = self._config_class
+        # Adapters of the default model record their base as `default` (see `_save`).
+        self._default_base = None
         if isinstance(model, str) and model.lower() in DEFAULT_MODEL_NAMES:
-            model = resolve_model(model)  # "default": the bundled SmolLM2, as on the command line
+            model = self._default_base = resolve_model(model)  # the bundled SmolLM2, as on the command line
+        elif isinstance(model, str) and Path(model) == default_model_path_if_converted():
+            self._default_base = model  # the command line passes the converted folder itself
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = config_class(f"{name.split('/')[-1] or 'model'}-DiversityCFG")
@@ -115,6 +122,7 @@ class DiversityCFGMixin:
                 "distill_coef > 0 (CFG distillation), diversity_coef > 0 (diversity reward), or pass reward_funcs."
             )
         self._check_algorithm_inputs(args, user_reward_funcs)
+        prepare_vllm(args)  # vLLM on a CPU needs one change before TRL builds its engine (vllm_cpu.py)
         # An environment may supply the prompts; only CFG needs them non-empty (it contrasts them with the null one).
         check_prompt = dict(require_prompt=environment_factory is None, allow_empty=args.distill_coef == 0)
         check_prompt_dataset(train_dataset, **check_prompt)
@@ -189,7 +197,26 @@ class DiversityCFGMixin:
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
         if self.is_world_process_zero():  # TRL's card says "fine-tuned version of [None]" for a local base
-            name_local_base_model(Path(self.args.output_dir) / "README.md", get_config_model_id(self.model.config))
+            card = Path(self.args.output_dir) / "README.md"
+            name_local_base_model(card, get_config_model_id(self.model.config))
+            name_local_folder_in_example(card, self.args.output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        self._record_portable_base(Path(output_dir or self.args.output_dir))
+
+    def _record_portable_base(self, folder: Path) -> None:
+        """An adapter of the default model names its base `default`, not this machine's cache folder, so that a copy
+        on another machine finds its base there (the loaders resolve `default` to that machine's copy). Written into
+        the saved file only: in memory the base stays the local folder, where PEFT finds `config.json` when saving
+        instead of looking `default` up on a hub."""
+        adapter_config = folder / "adapter_config.json"
+        if self._default_base is None or not adapter_config.is_file():
+            return
+        config = json.loads(adapter_config.read_text())
+        if config.get("base_model_name_or_path") == self._default_base:
+            config["base_model_name_or_path"] = DEFAULT_MODEL_NAMES[0]
+            write_text_atomic(adapter_config, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def _send_telemetry(self):
         # TRL pings the hub with usage telemetry when a trainer is built. This project makes no network call the
@@ -376,7 +403,7 @@ class DiversityCFGMixin:
             completions,
             num_generations,
             columns,
-            extra={"trainer_state": self.state},
+            extra={"trainer_state": self.state, "log_metric": self._log_metric},
             name=f"diversity_reward={self.args.diversity_reward}",
         )
         return torch.tensor(rewards, dtype=torch.float32)

@@ -1,0 +1,60 @@
+"""The documentation holds together: every page is reachable from the README, every link resolves, and every field
+of the configs is documented."""
+
+import re
+from pathlib import Path
+
+import pytest
+from documentation import README, ROOT
+
+from trl_diversity import DiversityCFGConfig, DiversityCFGRLOOConfig
+from trl_diversity.trainer.diversity_cfg_config import FIELD_GROUPS, method_field_names
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+
+
+def links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # code blocks hold no links
+    return [target for target in LINK.findall(text) if not re.match(r"[a-z]+:", target)]
+
+
+def anchors(page: Path) -> set[str]:
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        assert resolved.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in anchors(resolved), f"{page.relative_to(ROOT)} links to a missing heading: {target}"
+
+
+def test_every_page_of_docs_is_reachable_from_the_readme():
+    seen, frontier = set(), [README.resolve()]
+    while frontier:
+        page = frontier.pop()
+        if page in seen or page.suffix != ".md":
+            continue
+        seen.add(page)
+        frontier += [(page.parent / t.partition("#")[0]).resolve() for t in links(page) if t.partition("#")[0]]
+    unreachable = [str(p.relative_to(ROOT)) for p in DOCS if p.resolve() not in seen]
+    assert not unreachable, f"pages no link leads to from the README: {unreachable}"
+
+
+def test_the_readme_reads_in_five_minutes():
+    assert len(README.read_text().splitlines()) <= 220
+
+
+@pytest.mark.parametrize("config", [DiversityCFGConfig, DiversityCFGRLOOConfig])
+def test_every_method_field_is_documented_in_the_config_docstring(config):
+    grouped = [name for names in FIELD_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(method_field_names())  # each field in exactly one group
+    for name in method_field_names():
+        assert re.search(rf"^\s+{name} \(`", config.__doc__, flags=re.M), f"{name} missing from {config.__name__}"
+    for title in FIELD_GROUPS:
+        assert f"> {title}" in config.__doc__

@@ -1,0 +1,49 @@
+"""What a new user hit on a fresh clone (#22): each fixed, each with the test that failed before the fix."""
+
+import json
+import warnings
+from pathlib import Path
+
+from peft import LoraConfig
+from test_trainer import make_args
+from transformers import AutoTokenizer
+
+from trl_diversity import DiversityCFGTrainer
+from trl_diversity.data import load_prompts
+
+
+def test_an_adapter_of_the_default_model_records_default_and_saves_without_a_hub_lookup(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """Python API and command line record the base one way, `default`; and saving looks nothing up on a hub (PEFT
+    used to look for `default/config.json` there, warning "Could not find a config file in default")."""
+    monkeypatch.setattr("trl_diversity.defaults.default_model_path", lambda: Path(tiny_checkpoint))
+    trainer = DiversityCFGTrainer(
+        model="default",
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=load_prompts("train", limit=8),
+        processing_class=AutoTokenizer.from_pretrained(tiny_checkpoint),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.save_model(str(tmp_path / "adapter"))
+    messages = [str(w.message) for w in caught]
+    assert not any("config file in default" in m or "Unable to fetch remote file" in m for m in messages), messages
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "default"
+    # In memory the model keeps its real base, so that later saves and merges find it locally.
+    assert trainer.model.peft_config["default"].base_model_name_or_path == tiny_checkpoint
+
+
+def test_the_model_card_example_loads_the_saved_folder_not_none(tiny_checkpoint, tmp_path):
+    trainer = DiversityCFGTrainer(
+        model=tiny_checkpoint,
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=load_prompts("train", limit=8),
+        processing_class=AutoTokenizer.from_pretrained(tiny_checkpoint),
+    )
+    trainer.create_model_card()
+    card = (Path(trainer.args.output_dir) / "README.md").read_text()
+    assert 'model="None"' not in card
+    assert f'model="{trainer.args.output_dir}"' in card
