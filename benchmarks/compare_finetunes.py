@@ -173,7 +173,7 @@ def diversity_claim(model: dict, reference: dict) -> tuple[list[str], str, dict]
     loss = -adherence["mean"] / reference["metrics"][QUALITY]["mean"]
     judges = {name: paired_difference(model["per_prompt"][name], reference["per_prompt"][name]) for name in HELD_OUT}
     agreeing = [NAMES[name] for name in agreeing_judges(judges)]
-    verdict = claim_b_verdict(gain, loss, agreeing)
+    verdict = claim_b_verdict(gain, loss, agreeing, diversity["low"])
     verdict = "**holds**" if verdict == "holds" else verdict
     cells = [
         f"{gain:+.1%} ({signed(diversity)})",

@@ -79,11 +79,14 @@ def agreeing_judges(judges: dict[str, dict]) -> list[str]:
     return [name for name in judges if name in rejected and name in favourable]
 
 
-def claim_b_verdict(gain: float, loss: float, agreeing: list[str]) -> str:
-    """The one rule for claim (b): holds when all three parts hold; partly when the diversity gain or the adherence
-    budget is met (a judge alone is not a partial win); else it does not hold."""
+def claim_b_verdict(gain: float, loss: float, agreeing: list[str], gain_low: float) -> str:
+    """The one rule for claim (b): holds when all three parts hold; partly when the MiniLM gain is real (its paired
+    CI above zero) and the +20% gain or the 5% adherence budget is met (a model that gains nothing meets the budget
+    trivially, and a judge alone is not a partial win); else it does not hold."""
     parts = [gain >= MIN_DIVERSITY_GAIN, loss <= MAX_ADHERENCE_LOSS, bool(agreeing)]
-    return "holds" if all(parts) else "partly" if any(parts[:2]) else "does not hold"
+    if all(parts):
+        return "holds"
+    return "partly" if gain_low > 0 and any(parts[:2]) else "does not hold"
 
 
 def analyse(evaluated: dict) -> dict:
@@ -204,7 +207,7 @@ def claims(analysis: dict) -> list[dict]:
             f"{len(HELD_OUT)}): "
             f"{', '.join(held_out) or 'none'} (partitions {_signed(diversity['partitions'], 2)}); diversity "
             f"win rate vs beta = 0: {diversity[MINILM]['win_rate']:.0%} of prompts (paper: 79% of human ratings)",
-            "verdict": claim_b_verdict(relative_gain, relative_loss, held_out),
+            "verdict": claim_b_verdict(relative_gain, relative_loss, held_out, diversity[MINILM]["low"]),
         }
     )
     fronts = analysis["fronts"]

@@ -47,3 +47,35 @@ def test_the_model_card_example_loads_the_saved_folder_not_none(tiny_checkpoint,
     card = (Path(trainer.args.output_dir) / "README.md").read_text()
     assert 'model="None"' not in card
     assert f'model="{trainer.args.output_dir}"' in card
+
+
+def test_a_resumed_run_says_which_checkpoint_it_resumes_from(tiny_checkpoint, tmp_path, capsys):
+    def trainer(max_steps):
+        return DiversityCFGTrainer(
+            model=tiny_checkpoint,
+            args=make_args(tmp_path, max_steps=max_steps, save_strategy="steps", save_steps=1),
+            train_dataset=load_prompts("train", limit=16),
+            processing_class=AutoTokenizer.from_pretrained(tiny_checkpoint),
+        )
+
+    trainer(1).train()
+    assert "Resuming" not in capsys.readouterr().out
+    trainer(2).train(resume_from_checkpoint=True)
+    assert "Resuming from checkpoint-1 (step 1 of 2)" in capsys.readouterr().out
+
+
+def test_a_finished_run_is_not_offered_a_plain_resume(tmp_path):
+    import pytest
+
+    from trl_diversity.cli.train import check_output_dir
+    from trl_diversity.errors import UserError
+
+    (tmp_path / "checkpoint-24").mkdir()
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")  # the final model: the run finished
+    with pytest.raises(UserError) as refused:
+        check_output_dir(str(tmp_path), None, False)
+    message = str(refused.value)
+    assert "finished run" in message and "--max_steps" in message
+    (tmp_path / "adapter_model.safetensors").unlink()  # checkpoints only: an interrupted run, resume is the fix
+    with pytest.raises(UserError, match="--resume_from_checkpoint true"):
+        check_output_dir(str(tmp_path), None, False)

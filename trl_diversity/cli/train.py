@@ -383,10 +383,21 @@ def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> No
     contents = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if contents and not overwrite:
         shown = ", ".join(contents[:4]) + (", ..." if len(contents) > 4 else "")
-        raise UserError(
-            f"--output_dir {output_dir} already holds files ({shown}). Choose another --output_dir, continue that "
-            "run with --resume_from_checkpoint true, or pass --overwrite_output_dir to replace it."
+        finished = any((out / name).is_file() for name in FINAL_MODEL_FILES)
+        continue_it = (
+            "it holds a finished run: to train it further, resume it with --resume_from_checkpoint true and a larger "
+            "--max_steps"
+            if finished
+            else "continue that run with --resume_from_checkpoint true"
         )
+        raise UserError(
+            f"--output_dir {output_dir} already holds files ({shown}). Choose another --output_dir, {continue_it}, "
+            "or pass --overwrite_output_dir to replace it."
+        )
+
+
+# What `save_model` writes at the end of a run (an adapter, or a full checkpoint), beside the checkpoint-* folders.
+FINAL_MODEL_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
 def check_arguments(script_args, training_args, model_args) -> None:

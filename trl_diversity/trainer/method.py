@@ -51,7 +51,7 @@ from trl_diversity.trainer.diversity_controller import (
 from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
 from trl_diversity.trainer.logit_scale import logit_scale, text_config
 from trl_diversity.trainer.model_card import name_local_base_model, name_local_folder_in_example
-from trl_diversity.trainer.safety import NonFiniteStepGuard, SignalCheckpoint
+from trl_diversity.trainer.safety import NonFiniteStepGuard, ResumeNotice, SignalCheckpoint
 from trl_diversity.trainer.student_positions import positions_from_attention_mask
 from trl_diversity.trainer.teacher import guided_teacher_hidden_states
 from trl_diversity.trainer.teacher_model import teacher_model_is_missing
@@ -173,6 +173,7 @@ class DiversityCFGMixin:
         # the TRL trainer's.
         self.add_callback(NonFiniteStepGuard(self, args.max_nonfinite_steps, log_metric=setup.method_on))
         self.add_callback(SignalCheckpoint(self))
+        self.add_callback(ResumeNotice())
 
         self._unconditional_ids_cache: dict[bool, list[int]] = {}
         self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation

@@ -95,3 +95,12 @@ class SignalCheckpoint(TrainerCallback):
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+class ResumeNotice(TrainerCallback):
+    """Say which checkpoint a resumed run continues from: the Trainer restores it silently, and a user who passed
+    `--resume_from_checkpoint true` should see that it found one (and which)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0 and state.is_world_process_zero:
+            print(f"Resuming from checkpoint-{state.global_step} (step {state.global_step} of {state.max_steps}).")
