@@ -15,7 +15,7 @@ from pathlib import Path
 from trl_diversity.cli.arguments import CommandParser, check_embedder, check_file, check_model, check_new_output
 from trl_diversity.errors import UserError
 
-PROMPT_SPLITS = ("eval", "train")  # the bundled prompt sets (trl_diversity.data.SPLITS, without importing datasets)
+PROMPT_SPLITS = ("eval", "train", "open")  # the bundled prompt sets (trl_diversity.data.SPLITS, without importing datasets)
 
 
 def _at_least(minimum: int):
@@ -80,7 +80,7 @@ def _target(text: str):
 
 def _check_prompts(spec: str) -> None:
     if spec not in PROMPT_SPLITS:
-        check_file(spec, "--prompts", "'eval', 'train' or a .jsonl/.json/.txt file of prompts")
+        check_file(spec, "--prompts", "'eval', 'train', 'open' or a .jsonl/.json/.txt file of prompts")
 
 
 def load_prompt_list(spec: str, limit: int | None) -> list[str]:
@@ -91,7 +91,7 @@ def load_prompt_list(spec: str, limit: int | None) -> list[str]:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise UserError(f"Prompt file {spec} does not exist; pass 'eval', 'train' or a file of prompts.")
+            raise UserError(f"Prompt file {spec} does not exist; pass 'eval', 'train', 'open' or a file of prompts.")
         if path.suffix in (".jsonl", ".json"):
             from datasets import load_dataset
 

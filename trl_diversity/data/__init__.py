@@ -3,6 +3,10 @@
 `load_prompts("train")` gives a `prompt` column of plain strings (TRL's standard format);
 `load_prompts("eval", conversational=True)` gives `prompt` as a one-message conversation (TRL's conversational
 format), which the trainer renders with the tokenizer's chat template. `form` and `topic` columns come along.
+
+`open` is a second evaluation set of another kind: 60 short, open questions with many valid answers (name something,
+tell a joke, recommend, pick, invent). It was written before any model was judged on it and is kept out of every
+choice of settings (issue #23, goal e).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pathlib import Path
 from datasets import Dataset
 
 DATA_DIR = Path(__file__).resolve().parent
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "open")
 
 
 def prompts_file(split: str) -> Path:
