@@ -38,11 +38,15 @@ def test_guidance_below_one_is_legal_but_warned(tmp_path):
 
 # TRL's own GRPOConfig still sets transformers' deprecated `gradient_checkpointing` (ours moves it to the new name).
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
-def test_grpo_config_instead_of_ours_is_refused(tiny_checkpoint, tmp_path):
-    from trl import GRPOConfig
+def test_trl_config_instead_of_ours_is_refused_naming_the_conversion(tiny_checkpoint, tmp_path):
+    from trl import GRPOConfig, RLOOConfig
 
-    with pytest.raises(TypeError, match="needs a DiversityCFGConfig"):
+    from trl_diversity import DiversityCFGRLOOTrainer
+
+    with pytest.raises(TypeError, match=r"needs a DiversityCFGConfig.*DiversityCFGConfig\(\*\*your_grpoconfig"):
         DiversityCFGTrainer(model=tiny_checkpoint, args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True))
+    with pytest.raises(TypeError, match=r"needs a DiversityCFGRLOOConfig.*\(\*\*your_rlooconfig\.to_dict"):
+        DiversityCFGRLOOTrainer(model=tiny_checkpoint, args=RLOOConfig(output_dir=str(tmp_path), use_cpu=True))
 
 
 def _trainer_with(tiny_checkpoint, tmp_path, dataset, tokenizer=None):

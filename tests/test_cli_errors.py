@@ -75,6 +75,13 @@ def test_a_mistyped_path_suggests_the_sibling_folder(tmp_path):
     assert_user_error(result, "outputs/qualty does not exist", "did you mean outputs/quality?")
 
 
+def test_a_mistyped_dataset_file_suggests_the_file_that_exists(tmp_path):
+    (tmp_path / "good.jsonl").write_text('{"prompt": "Write a haiku."}\n')
+    result = run("train", "--dataset_name", "good.json", "--output_dir", "out", cwd=tmp_path)
+    assert_user_error(result, "--dataset_name good.json does not exist", "did you mean good.jsonl?")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_user_error(run("generate", "--model", tmp_path / "empty", "--output", "g.jsonl"), "holds no config.json")

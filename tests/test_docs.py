@@ -58,3 +58,24 @@ def test_every_method_field_is_documented_in_the_config_docstring(config):
         assert re.search(rf"^\s+{name} \(`", config.__doc__, flags=re.M), f"{name} missing from {config.__name__}"
     for title in FIELD_GROUPS:
         assert f"> {title}" in config.__doc__
+
+
+@pytest.mark.parametrize("trainer", ["DiversityCFGTrainer", "DiversityCFGRLOOTrainer"])
+def test_each_trainer_documents_every_argument_and_an_example_that_compiles(trainer):
+    import inspect
+
+    import trl_diversity
+
+    cls = getattr(trl_diversity, trainer)
+    doc = inspect.getdoc(cls)
+    args = doc.split("Args:", 1)[1]
+    parameters = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    for name in parameters:
+        assert re.search(rf"\b{name}\b", args), f"{trainer}'s Args: does not name {name}"
+    example = re.search(r"Example:\s+```python\n(.*?)```", doc, flags=re.DOTALL).group(1)
+    compile(example, f"{trainer} example", "exec")
+    # what the example imports exists (running it would train a model)
+    for line in example.splitlines():
+        if line.startswith(("from ", "import ")):
+            exec(line, {})
+    assert f"{trainer}(" in example

@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 import trl
 from transformers import AutoTokenizer
-from trl import GRPOConfig, GRPOTrainer, RLOOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from trl_diversity.data import load_prompts
 from trl_diversity.trainer import trl_internals
@@ -30,7 +30,7 @@ def test_trl_is_the_series_the_contract_was_checked_on():
 
 
 @pytest.mark.parametrize("trainer", [GRPOTrainer, RLOOTrainer], ids=["grpo", "rloo"])
-@pytest.mark.parametrize("hook, expected", list(trl_internals.GRPO_HOOKS.items()))
+@pytest.mark.parametrize("hook, expected", list(trl_internals.TRAINER_HOOKS.items()))
 def test_each_hook_keeps_its_name_and_signature(trainer, hook, expected):
     name = trainer.__name__
     assert hasattr(trainer, hook), f"TRL {trl.__version__} removed {name}.{hook}, which the method overrides"
@@ -100,16 +100,20 @@ def test_the_guarded_imports_found_trls_own_versions():
     )
 
 
-def test_a_grpo_trainer_holds_the_state_the_trainer_reads(tiny_checkpoint, tmp_path):
-    trainer = GRPOTrainer(
+@pytest.mark.parametrize(
+    "trainer_class, config_class", [(GRPOTrainer, GRPOConfig), (RLOOTrainer, RLOOConfig)], ids=["grpo", "rloo"]
+)
+def test_each_trl_trainer_holds_the_state_the_method_reads(trainer_class, config_class, tiny_checkpoint, tmp_path):
+    trainer = trainer_class(
         model=tiny_checkpoint,
         reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
-        args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", num_generations=4),
+        args=config_class(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", num_generations=4),
         train_dataset=load_prompts("train", limit=4),
         processing_class=AutoTokenizer.from_pretrained(tiny_checkpoint),
     )
-    missing = [name for name in trl_internals.GRPO_STATE if not hasattr(trainer, name)]
-    assert not missing, f"TRL {trl.__version__}'s GRPOTrainer no longer has {missing}"
+    expected = trl_internals.TRAINER_STATE + (trl_internals.GRPO_ONLY_STATE if trainer_class is GRPOTrainer else ())
+    missing = [name for name in expected if not hasattr(trainer, name)]
+    assert not missing, f"TRL {trl.__version__}'s {trainer_class.__name__} no longer has {missing}"
     assert isinstance(trainer._metrics["train"], defaultdict) and isinstance(trainer._logs["extra"], defaultdict)
     # `_tokenize_prompts` renders the null context like the prompts: its first output is one id list per prompt.
     ids = trainer._tokenize_prompts([[{"role": "user", "content": ""}]])[0]

@@ -162,7 +162,7 @@ def _check_local(name: str, flag: str, kinds: str, markers: tuple[str, ...]) -> 
             )
         return path
     if looks_like_path(name):
-        hint = closest(path.name, _siblings(path))
+        hint = closest(path.name, siblings(path))
         fix = f"did you mean {path.parent / hint}? Else pass {kinds}" if hint else f"pass {kinds}"
         raise UserError(f"{flag} {name} does not exist; {fix}.")
     if hub_offline() and not _in_hub_cache(name, markers):
@@ -182,12 +182,12 @@ def check_new_output(path: str, flag: str, overwrite_flag: str | None) -> None:
 
 def check_file(path: str, flag: str, what: str) -> None:
     if not Path(path).is_file():
-        hint = closest(Path(path).name, _siblings(Path(path)))
+        hint = closest(Path(path).name, siblings(Path(path)))
         suggestion = f" Did you mean {Path(path).parent / hint}?" if hint else ""
         raise UserError(f"{flag} {path} does not exist; pass {what}.{suggestion}")
 
 
-def _siblings(path: Path) -> list[str]:
+def siblings(path: Path) -> list[str]:
     """Names in the nearest existing parent folder of `path`, for a "did you mean" on a mistyped path."""
     parent = path.parent
     try:

@@ -15,7 +15,11 @@ from pathlib import Path
 from trl_diversity.cli.arguments import CommandParser, check_embedder, check_file, check_model, check_new_output
 from trl_diversity.errors import UserError
 
-PROMPT_SPLITS = ("eval", "train", "open")  # the bundled prompt sets (trl_diversity.data.SPLITS, without importing datasets)
+PROMPT_SPLITS = (
+    "eval",
+    "train",
+    "open",
+)  # the bundled prompt sets (trl_diversity.data.SPLITS, without importing datasets)
 
 
 def _at_least(minimum: int):

@@ -32,6 +32,7 @@ from trl_diversity.cli.arguments import (
     check_model,
     find_unknown_flags,
     looks_like_path,
+    siblings,
     unknown_arguments_message,
     with_help_hint,
 )
@@ -40,7 +41,7 @@ from trl_diversity.defaults import (
     DEFAULT_JOB_TRAINING,
     resolve_model,
 )
-from trl_diversity.errors import UserError, did_you_mean
+from trl_diversity.errors import UserError, closest, did_you_mean
 from trl_diversity.importing import IMPORT_PATH, import_callable
 from trl_diversity.trainer.shutdown import end_distributed_run
 
@@ -63,10 +64,22 @@ DESCRIPTION = (
     "job's. The method's options come first, then the data, the model and LoRA (TRL's ModelConfig), then the "
     "algorithm's and transformers' training options (`--algorithm rloo --help` lists RLOO's)."
 )
-# The TRL algorithm each `--algorithm` trains with: its config and trainer, by module and name (imported on use).
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The TRL algorithm an `--algorithm` trains with. Classes are named, not imported: importing them loads torch,
+    which `--help` and the early checks do without."""
+
+    config: str  # our config class, in trl_diversity.trainer.diversity_cfg_config
+    trainer: str  # our trainer class, in trl_diversity.trainer.diversity_cfg_trainer
+    trl_name: str  # TRL's name for the algorithm, as in its messages
+    trl_config: str  # TRL's config class that ours extends
+
+
 ALGORITHMS = {
-    "grpo": ("DiversityCFGConfig", "DiversityCFGTrainer", "GRPO", "GRPOConfig"),
-    "rloo": ("DiversityCFGRLOOConfig", "DiversityCFGRLOOTrainer", "RLOO", "RLOOConfig"),
+    "grpo": Algorithm("DiversityCFGConfig", "DiversityCFGTrainer", "GRPO", "GRPOConfig"),
+    "rloo": Algorithm("DiversityCFGRLOOConfig", "DiversityCFGRLOOTrainer", "RLOO", "RLOOConfig"),
 }
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
@@ -121,7 +134,7 @@ class TrainScriptArguments:
 def config_class(algorithm: str):
     from trl_diversity.trainer import diversity_cfg_config
 
-    return getattr(diversity_cfg_config, ALGORITHMS[algorithm][0])
+    return getattr(diversity_cfg_config, ALGORITHMS[algorithm].config)
 
 
 def _parser(algorithm: str = "grpo"):
@@ -131,7 +144,7 @@ def _parser(algorithm: str = "grpo"):
     from trl_diversity.trainer.diversity_cfg_config import method_field_names
 
     config = config_class(algorithm)
-    trl_name, trl_config = ALGORITHMS[algorithm][2:]
+    trl_name, trl_config = ALGORITHMS[algorithm].trl_name, ALGORITHMS[algorithm].trl_config
 
     class Parser(TrlParser):
         """TrlParser whose errors are one-line `UserError`s and whose help groups the options by origin, the
@@ -278,11 +291,11 @@ def check_algorithm_options(algorithm: str, flags: list[str], recipe_keys: list[
             continue
         for name, shown in given:
             if name in fields:
-                trl_name = ALGORITHMS[other][2]
+                trl_name = ALGORITHMS[other].trl_name
                 article = "an" if trl_name == "RLOO" else "a"  # "an R...", "a G..."
                 raise UserError(
                     f"{shown} is {article} {trl_name} option, and --algorithm {algorithm} trains with "
-                    f"{ALGORITHMS[algorithm][2]}: drop it, or train with --algorithm {other}."
+                    f"{ALGORITHMS[algorithm].trl_name}: drop it, or train with --algorithm {other}."
                 )
 
 
@@ -348,9 +361,11 @@ def check_values(values: dict) -> None:
     dataset = values.get("dataset_name")
     if dataset is not None and not Path(dataset).exists():
         if looks_like_path(dataset) or Path(dataset).suffix in (".json", ".jsonl", ".csv", ".parquet"):
+            hint = closest(Path(dataset).name, siblings(Path(dataset)))
+            suggestion = f"did you mean {Path(dataset).parent / hint}? Else pass" if hint else "pass"
             raise UserError(
-                f"--dataset_name {dataset} does not exist; pass a .json/.jsonl/.csv/.parquet file or a folder with a "
-                "`prompt` column, a hub dataset id, or leave it unset for the bundled prompts."
+                f"--dataset_name {dataset} does not exist; {suggestion} a .json/.jsonl/.csv/.parquet file or a folder "
+                "with a `prompt` column, a hub dataset id, or leave it unset for the bundled prompts."
             )
     check_output_dir(
         values.get("output_dir") or "trainer_output",
@@ -466,7 +481,7 @@ def build_trainer(script_args: TrainScriptArguments, training_args: DiversityCFG
 
     from trl_diversity.trainer import diversity_cfg_trainer
 
-    trainer_class = getattr(diversity_cfg_trainer, ALGORITHMS[script_args.algorithm][1])
+    trainer_class = getattr(diversity_cfg_trainer, ALGORITHMS[script_args.algorithm].trainer)
     model_path = resolve_model(model_args.model_name_or_path)
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),

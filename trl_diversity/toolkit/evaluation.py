@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from collections import defaultdict
 from collections.abc import Callable
 
 import torch
 
 from trl_diversity.errors import UserError
+from trl_diversity.importing import IMPORT_PATH, import_callable
 from trl_diversity.rewards.diversity import pairwise_dissimilarity
 from trl_diversity.rewards.embedder import embed
 from trl_diversity.rewards.measures import is_blank
@@ -210,9 +210,8 @@ def markdown_table(summary: dict[str, dict]) -> str:
 
 def load_reward(spec: str) -> Callable:
     """`module:function` (called like a GRPO reward function) or a sequence-classification reward model."""
-    if ":" in spec and not spec.startswith(("/", ".")):
-        module, name = spec.split(":", 1)
-        return getattr(importlib.import_module(module), name)
+    if IMPORT_PATH.match(spec):
+        return import_callable(spec, "--reward", "reward function")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(spec, num_labels=1).eval()

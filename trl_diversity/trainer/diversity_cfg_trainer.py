@@ -15,7 +15,7 @@ from __future__ import annotations
 import textwrap
 
 import torch
-from trl import GRPOTrainer, RLOOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig, DiversityCFGRLOOConfig
 from trl_diversity.trainer.method import TEACHER_ADAPTER, DiversityCFGMixin
@@ -45,12 +45,45 @@ class DiversityCFGTrainer(DiversityCFGMixin, GRPOTrainer):
     The constructor is GRPO's. `reward_funcs` is optional: the diversity reward and the distillation loss are built
     in, and extra reward functions add quality rewards through GRPO's own machinery (normalised as GRPO does; a group
     reward enters there through `trl_diversity.rewards.as_reward_function`).
+
+    Example:
+
+    ```python
+    from peft import LoraConfig
+    from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer
+    from trl_diversity.data import load_prompts
+
+    trainer = DiversityCFGTrainer(
+        model="default",  # the bundled SmolLM2-135M-Instruct; any causal LM id or folder
+        args=DiversityCFGConfig.default_job("outputs/mine", guidance_scale=3.0, diversity_coef=15.0),
+        train_dataset=load_prompts("train", conversational=True),
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
+    )
+    trainer.train()
+    ```
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`):
+            The policy to train, as in `GRPOTrainer`; also the CFG teacher (frozen, copied before training) unless
+            `args.teacher_model` names another. `"default"` is the bundled SmolLM2-135M-Instruct.
+        reward_funcs (reward function or list of them, *optional*):
+            Quality rewards, as in `GRPOTrainer`. None: the method's own terms only (CFG distillation and the
+            diversity reward).
+        args ([`DiversityCFGConfig`], *optional*):
+            GRPO's configuration plus the method's fields. None: the config's defaults, named after the model.
+        train_dataset, eval_dataset, processing_class, reward_processing_classes, callbacks, optimizers,
+        quantization_config, peft_config, tools, rollout_func:
+            As in `GRPOTrainer`.
+        environment_factory:
+            As in `GRPOTrainer`; refused while distilling (`distill_coef > 0`): each environment renders prompts
+            with its own tools, so there is no single null context for CFG.
     """
 
     _tag_names = ["trl", "grpo", "trl-diversity", "cfg-distillation"]
     _name = "DiversityCFG"
     _paper = CIDERON_ET_AL
     _config_class = DiversityCFGConfig
+    _trl_config_class = GRPOConfig
 
     def __init__(
         self,
@@ -144,12 +177,39 @@ class DiversityCFGRLOOTrainer(DiversityCFGMixin, RLOOTrainer):
     in, and extra reward functions add quality rewards through RLOO's own machinery (clipped by
     `reward_clip_range`, baselined leave-one-out, normalised with `normalize_advantages` as RLOO does). The diversity
     advantage `diversity_coef * (r_i - b_i)` is added after all of that, so neither option rescales it.
+
+    Example:
+
+    ```python
+    from trl_diversity import DiversityCFGRLOOConfig, DiversityCFGRLOOTrainer
+    from trl_diversity.data import load_prompts
+
+    trainer = DiversityCFGRLOOTrainer(
+        model="default",
+        args=DiversityCFGRLOOConfig.default_job("outputs/mine-rloo", num_generations=4, logging_steps=1),
+        train_dataset=load_prompts("train", conversational=True),
+    )
+    trainer.train()  # RLOO sums over tokens: its loss reads tens of times GRPO's (docs/guide/training.md)
+    ```
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`):
+            The policy to train, as in `RLOOTrainer`; also the CFG teacher (frozen, copied before training) unless
+            `args.teacher_model` names another. `"default"` is the bundled SmolLM2-135M-Instruct.
+        reward_funcs (reward function or list of them, *optional*):
+            Quality rewards, as in `RLOOTrainer`. None: the method's own terms only.
+        args ([`DiversityCFGRLOOConfig`], *optional*):
+            RLOO's configuration plus the method's fields. None: the config's defaults, named after the model.
+        train_dataset, eval_dataset, processing_class, reward_processing_classes, callbacks, optimizers,
+        quantization_config, peft_config:
+            As in `RLOOTrainer`.
     """
 
     _tag_names = ["trl", "rloo", "trl-diversity", "cfg-distillation"]
     _name = "DiversityCFG-RLOO"
     _paper = CIDERON_ET_AL
     _config_class = DiversityCFGRLOOConfig
+    _trl_config_class = RLOOConfig
 
     def __init__(
         self,

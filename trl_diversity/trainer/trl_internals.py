@@ -62,21 +62,21 @@ try:  # Public-looking helpers that TRL does not document: no replacement, so a 
 except ImportError as error:
     raise _missing("trl.models.utils / trl.trainer.utils helpers", error) from error
 
-# The private GRPOTrainer members the trainer overrides or reads, with what it assumes of each. The contract test
-# checks every one against the installed TRL.
-GRPO_HOOKS = {
+# The private members of TRL's GRPOTrainer and RLOOTrainer that the method overrides, with the parameters it assumes.
+# The contract tests check every one against both trainers of the installed TRL.
+TRAINER_HOOKS = {
     "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
     "_generate_and_score_completions": ("inputs",),
     "_compute_loss": ("model", "inputs"),
     "_tokenize_prompts": ("prompts",),
     "_send_telemetry": (),
 }
-GRPO_STATE = (
+# The state the shared implementation (`method.py`) reads, on either trainer.
+TRAINER_STATE = (
     "_metrics",  # {"train"|"eval": defaultdict(list)} of logged means
     "_logs",  # {"extra": defaultdict(list), ...}: the completions table's columns
     "num_generations",
     "num_generations_eval",
-    "loss_type",
     "max_completion_length",
     "reward_funcs",
     "reward_func_names",
@@ -85,12 +85,18 @@ GRPO_STATE = (
     "ref_model",
     "_tokenizer",
 )
+# What `DiversityCFGTrainer` reads on GRPO alone (RLOO has no loss types and one way to aggregate rewards).
+GRPO_ONLY_STATE = (
+    "loss_type",  # the reduction `reduce_like_grpo` mirrors
+    "multi_objective_aggregation",  # reset when no reward column is left
+)
 
 __all__ = [
     "ChunkedDivergenceFunction",
-    "GRPO_HOOKS",
-    "GRPO_STATE",
+    "GRPO_ONLY_STATE",
     "TESTED_TRL_SERIES",
+    "TRAINER_HOOKS",
+    "TRAINER_STATE",
     "chunked_divergence",
     "create_model_from_path",
     "disable_dropout_in_model",
