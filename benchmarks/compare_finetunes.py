@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # reproduce.py lies beside this script
@@ -41,13 +42,14 @@ NAMES = {
 }
 from reproduction_report import agreeing_judges, claim_b_verdict  # noqa: E402  (claim (b)'s one rule)
 
+# The prompt set every point is read for ("eval", or "open" with --eval_prompts open).
+EVAL_PROMPTS = {"set": "eval"}
+
 
 def cached_point(budget_name: str, variant: Variant, point: Point, results: Path) -> dict | None:
     """One evaluated point of a run, from the cache, or None."""
-    from trl_diversity.data import load_prompts
-
-    budget = variant.apply(BUDGETS[budget_name])
-    prompts = list(load_prompts("eval", limit=budget.num_prompts)["prompt"])
+    budget = replace(variant.apply(BUDGETS[budget_name]), eval_prompts=EVAL_PROMPTS["set"])
+    prompts = budget.prompts()
     path = results / "points" / f"{point_file_stem(point)}-{point_key(point, budget, prompts)}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -203,6 +205,8 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
         "beta = 15 on RLOO": Variant(algorithm="rloo"),  # against RLOO's own beta = 0 model
         "beta = 15, forward KL": Variant(distill_divergence="forward_kl"),
         "beta = 15, JSD": Variant(distill_divergence="jsd"),
+        "beta = 15, quality x diversity": Variant(diversity_quality="teacher_likelihood"),
+        "beta = 50, quality x diversity": Variant(diversity_coef=50.0, diversity_quality="teacher_likelihood"),
         **{f"entropy_coef {c:g}, no diversity reward": Variant(entropy_coef=c) for c in ENTROPY_COEFS},
     }
     seeds = {
@@ -342,8 +346,99 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
             "|---|---|---|",
             *seed_lines,
         ]
+    text += controller_section(budget_name, results, summary)
     text += ["", *compute_table(results)]
     return "\n".join(text), summary
+
+
+# A controller "reached" its target once the mean of the last few batches' diversity came this close to it (relative):
+# one batch's mean diversity is too noisy (about 15% of the mean on 8 prompts x 4 samples) to say it alone.
+TRACKING_WINDOW, TRACKING_TOLERANCE = 5, 0.05
+
+
+def controller_tracking(log: dict) -> dict | None:
+    """How well a diversity target was held, from a training log (None without a target): the generation batches it
+    took until the rolling mean of the measured diversity, over batches measured after the target was set, came within
+    5% of it (None: never); the share of the second half's rolling means within 5%; and the mean |measured - target|
+    and mean (measured - target) over the second half of the batches. (An "initial" target starts where the policy is,
+    so its first windows are within 5% before the controller has done anything: the second half is the test.)"""
+    rows = [r for r in log["log_history"] if "diversity/pairwise" in r and "diversity/coef" in r]
+    targeted = [(i, r) for i, r in enumerate(rows) if r.get("diversity/target") is not None]
+    if not targeted:
+        return None
+    target = targeted[0][1]["diversity/target"]
+    measured = [r["diversity/pairwise"] for r in rows]
+    first = targeted[0][0]
+
+    def within(index: int) -> bool:
+        window = measured[index - TRACKING_WINDOW + 1 : index + 1]
+        return abs(sum(window) / len(window) - target) <= TRACKING_TOLERANCE * target
+
+    windows = range(first + TRACKING_WINDOW - 1, len(measured))
+    reached = next((index + 1 for index in windows if within(index)), None)
+    second_half = measured[len(measured) // 2 :]
+    late_windows = [index for index in windows if index >= len(measured) // 2]
+    return {
+        "target": target,
+        "target_set_at": targeted[0][0] + 1,
+        "batches": len(rows),
+        "batches_to_target": reached,
+        "share_within_second_half": sum(map(within, late_windows)) / len(late_windows) if late_windows else None,
+        "mean_abs_error_second_half": sum(abs(x - target) for x in second_half) / len(second_half),
+        "mean_error_second_half": sum(x - target for x in second_half) / len(second_half),
+        "coef_first": rows[0]["diversity/coef"],
+        "coef_last": rows[-1]["diversity/coef"],
+    }
+
+
+def controller_section(budget_name: str, results: Path, summary: dict) -> list[str]:
+    """The diversity target's controller, per run that had one (issue #23: does it reach its target and hold it?)."""
+    lines = []
+    for name, variant in (
+        ("target initial, seed 0", Variant(diversity_target="initial")),
+        ("target initial, seed 1", Variant(diversity_target="initial", seed=1)),
+    ):
+        log = training_log(budget_name, variant, "diversity", results)
+        tracking = None if log is None else controller_tracking(log)
+        if tracking is None:
+            continue
+        summary.setdefault("controller", {})[name] = tracking
+        reached = tracking["batches_to_target"]
+        lines.append(
+            f"| {name} | {tracking['target']:.3f} (set at batch {tracking['target_set_at']}) | "
+            f"{'never' if reached is None else reached} of {tracking['batches']} | "
+            f"{tracking['share_within_second_half']:.0%} | "
+            f"{tracking['mean_abs_error_second_half']:.3f} | {tracking['mean_error_second_half']:+.3f} | "
+            f"{tracking['coef_first']:g} -> {tracking['coef_last']:.1f} |"
+        )
+    if not lines:
+        return []
+    return [
+        "",
+        f"The diversity target's controller, per run: the generation batches until the mean diversity of the last "
+        f"{TRACKING_WINDOW} batches (all measured after the target was set) came within {TRACKING_TOLERANCE:.0%} of "
+        "the target, the share of the second half's such means within it, and the error over the second half of the "
+        "run (per batch, MiniLM pairwise diversity). An 'initial' target starts where the policy is, so reaching it "
+        "early means little; holding it through the second half is the test.",
+        "",
+        "| run | target | batches to target | 2nd half within 5% | mean abs error, 2nd half | mean error, 2nd half "
+        "| coefficient |",
+        "|---|---|---|---|---|---|---|",
+        *lines,
+    ]
+
+
+def other_levers(finetune: dict) -> str:
+    """The settings of a finetune that differ from the paper's (reverse KL, no entropy bonus, a plain diversity
+    reward), in the config's words."""
+    levers = []
+    if finetune.get("distill_divergence", "reverse_kl") != "reverse_kl":
+        levers.append(f"distill_divergence={finetune['distill_divergence']}")
+    if finetune.get("entropy_coef"):
+        levers.append(f"entropy_coef={finetune['entropy_coef']:g}")
+    if finetune.get("diversity_quality", "none") != "none":
+        levers.append(f"diversity_quality={finetune['diversity_quality']}")
+    return ", ".join(levers)
 
 
 def compute_table(results: Path) -> list[str]:
@@ -353,8 +448,9 @@ def compute_table(results: Path) -> list[str]:
         "2-core CPU machines, measured under whatever else the machine ran; blank where a run resumed from a "
         "checkpoint, so its time is not the whole run's).",
         "",
-        "| finetune | algorithm | diversity_coef | diversity_target | seed | steps | train min | s / step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| finetune | algorithm | diversity_coef | diversity_target | other levers | seed | steps | train min "
+        "| s / step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for path in sorted((results / "training").glob("*.json")):
@@ -375,11 +471,20 @@ def compute_table(results: Path) -> list[str]:
             )
         for name, step in runs:
             cells = (name, finetune.get("algorithm") or "grpo", f"{finetune['diversity_coef']:g}")
-            cells += (finetune.get("diversity_target") or "", str(finetune.get("seed", 0)), str(steps))
+            cells += (finetune.get("diversity_target") or "", other_levers(finetune))
+            cells += (str(finetune.get("seed", 0)), str(steps))
             minutes = None if step is None else step * steps / 60
             cells += ("" if step is None else f"{minutes:.1f}", "" if step is None else f"{step:.1f}")
             # Seed, algorithm, finetune, its settings, then its first run before its retrains.
-            order = (int(finetune.get("seed", 0)), cells[1], finetune["name"], float(cells[2]), cells[3], len(rows))
+            order = (
+                int(finetune.get("seed", 0)),
+                cells[1],
+                finetune["name"],
+                float(cells[2]),
+                cells[3],
+                cells[4],
+                len(rows),
+            )
             rows.append((order, cells, minutes or 0.0))
     rows.sort(key=lambda row: row[0])
     lines += ["| " + " | ".join(cells) + " |" for _, cells, _ in rows]
@@ -463,19 +568,30 @@ def main(argv: list[str] | None = None) -> None:
         "--out", default=None, help="Markdown file (default: docs/results/<report>.md); plots beside it"
     )
     parser.add_argument("--summary", default=None, help="JSON of the numbers (default: <results>/<report>.json)")
+    parser.add_argument(
+        "--eval_prompts",
+        choices=["eval", "open"],
+        default="eval",
+        help="the prompt set the points were judged on; 'open' (reproduce.py --finetunes_only --eval_prompts open) "
+        "writes <report>_open.md",
+    )
     args = parser.parse_args(argv)
+    EVAL_PROMPTS["set"] = args.eval_prompts
     if args.diversity_models == args.algorithms:
         parser.error("choose one of --diversity_models and --algorithms")
     results = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction-{args.budget}")
     name, build = (
         ("diversity_models", diversity_models_report) if args.diversity_models else ("rloo_vs_grpo", algorithms_report)
     )
+    if args.eval_prompts != "eval":
+        name += f"_{args.eval_prompts}"
     out = Path(args.out or ROOT / "docs" / "results" / f"{name}.md")
     text, summary = build(args.budget, results, out.with_name(f"{out.stem}_training.png"))
     from trl_diversity.atomic import write_text_atomic
 
     command = (
         f"python benchmarks/compare_finetunes.py --{'diversity_models' if args.diversity_models else 'algorithms'}"
+        + (f" --eval_prompts {args.eval_prompts}" if args.eval_prompts != "eval" else "")
     )
     write_text_atomic(out, f"{text}\n\nMade by `{command}` from the reproduction's cache ({results.name}).\n")
     write_text_atomic(Path(args.summary or results / f"{name}.json"), json.dumps(summary, indent=1) + "\n")

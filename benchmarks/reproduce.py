@@ -49,6 +49,8 @@ class Finetune:
     algorithm: str = "grpo"  # TRL's GRPO or RLOO under the method (`train --algorithm`)
     diversity_target: str | None = None  # a diversity target held by the controller; diversity_coef starts it
     entropy_coef: float = 0.0  # TRL's own entropy bonus (GRPOConfig.entropy_coef): the baseline a TRL user tries first
+    diversity_quality: str = "none"  # "teacher_likelihood": the quality x diversity reward (a lever, #23)
+    diversity_target_rate: float = 0.1  # the controller's gain, with a diversity_target
 
     def key(self) -> str:
         fields = asdict(self)
@@ -60,7 +62,13 @@ class Finetune:
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
-LATE_FIELDS = {"algorithm": "grpo", "diversity_target": None, "entropy_coef": 0.0}
+LATE_FIELDS = {
+    "algorithm": "grpo",
+    "diversity_target": None,
+    "entropy_coef": 0.0,
+    "diversity_quality": "none",
+    "diversity_target_rate": 0.1,
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,14 @@ class Budget:
     weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     prompts_per_batch: int = 8
     save_steps: int = 8
+    # The bundled prompt set the points are judged on: "eval" (creative writing, like the training prompts) or "open"
+    # (short open questions of another kind, #23 goal e). Points are cached by their prompts, so the sets never mix.
+    eval_prompts: str = "eval"
+
+    def prompts(self) -> list[str]:
+        from trl_diversity.data import load_prompts
+
+        return list(load_prompts(self.eval_prompts, limit=self.num_prompts)["prompt"])
 
 
 def _finetunes(steps: int, beta: float, **common) -> dict[str, Finetune]:
@@ -102,7 +118,7 @@ BUDGETS = {
     ),
     # The real experiment. 48 eval prompts x 6 samples: 6 samples give 15 pairs per prompt for the diversity
     # metrics and k=6 for the partition count; 48 prompts (4 of each of the 12 forms) keep paired CIs on adherence
-    # near +-0.02 (METHOD.md's 40-prompt table) while a point costs minutes, not tens of minutes. 48 new tokens as in
+    # near +-0.02 (the paired CIs measured on 40 prompts) while a point costs minutes, not tens of minutes. 48 new tokens as in
     # training. 80 steps = 3.3x the default job's budget (160 training prompts, each seen once): what fits beside the
     # evaluation in one 2-3 hour run on 2 CPU cores.
     "full": Budget(
@@ -178,6 +194,8 @@ def train_finetune(
         **({"algorithm": finetune.algorithm} if finetune.algorithm != "grpo" else {}),
         **({"diversity_target": finetune.diversity_target} if finetune.diversity_target is not None else {}),
         **({"entropy_coef": finetune.entropy_coef} if finetune.entropy_coef else {}),
+        **({"diversity_quality": finetune.diversity_quality} if finetune.diversity_quality != "none" else {}),
+        **({"diversity_target_rate": finetune.diversity_target_rate} if finetune.diversity_target_rate != 0.1 else {}),
         "save_steps": budget.save_steps,
         "report_prompts": 0,
         "disable_tqdm": "true",
@@ -386,7 +404,9 @@ class Variant:
     - `entropy_coef`: in place of the diversity model, distillation with TRL's entropy bonus and no diversity reward
       (`diversity_coef = 0`): the baseline a TRL user reaches for first;
     - `distill_divergence`: the diversity model distils with another divergence (a lever; the quality model keeps
-      the budget's).
+      the budget's);
+    - `diversity_quality`: the diversity model's reward is quality x diversity (a lever);
+    - `diversity_target_rate`: the gain of the target's controller (with `diversity_target`).
     """
 
     diversity_coef: float | None = None
@@ -395,6 +415,8 @@ class Variant:
     seed: int | None = None
     entropy_coef: float | None = None
     distill_divergence: str | None = None
+    diversity_quality: str | None = None
+    diversity_target_rate: float | None = None
 
     def apply(self, budget: Budget) -> Budget:
         quality, diversity = budget.quality, budget.diversity
@@ -406,6 +428,10 @@ class Variant:
             diversity = replace(diversity, diversity_coef=0.0, entropy_coef=self.entropy_coef)
         if self.distill_divergence is not None:
             diversity = replace(diversity, distill_divergence=self.distill_divergence)
+        if self.diversity_quality is not None:
+            diversity = replace(diversity, diversity_quality=self.diversity_quality)
+        if self.diversity_target_rate is not None:
+            diversity = replace(diversity, diversity_target_rate=self.diversity_target_rate)
         for name in ("algorithm", "seed"):
             if getattr(self, name) is not None:
                 quality = replace(quality, **{name: getattr(self, name)})
@@ -421,12 +447,16 @@ class Variant:
             parts.append(f"beta{exact(self.diversity_coef)}")
         if self.diversity_target is not None:
             parts.append(f"target-{self.diversity_target.replace('*', 'x')}")
+        if self.diversity_target_rate not in (None, budget.diversity.diversity_target_rate):
+            parts.append(f"rate{exact(self.diversity_target_rate)}")
         if self.algorithm not in (None, budget.quality.algorithm):
             parts.append(self.algorithm)
         if self.entropy_coef is not None:
             parts.append(f"entropy{exact(self.entropy_coef)}")
         if self.distill_divergence not in (None, budget.diversity.distill_divergence):
             parts.append(self.distill_divergence)
+        if self.diversity_quality not in (None, budget.diversity.diversity_quality):
+            parts.append(f"quality-{self.diversity_quality}")
         if self.seed not in (None, budget.quality.seed):
             parts.append(f"seed{self.seed}")
         return "".join(f"_{part}" for part in parts)
@@ -452,12 +482,16 @@ def command_of(budget_name: str, variant: Variant | float | None) -> str:
         flags += f" --diversity_coef {exact(variant.diversity_coef)}"
     if variant.diversity_target is not None:
         flags += f" --diversity_target {variant.diversity_target}"
+    if variant.diversity_target_rate not in (None, budget.diversity.diversity_target_rate):
+        flags += f" --diversity_target_rate {exact(variant.diversity_target_rate)}"
     if variant.algorithm not in (None, budget.quality.algorithm):
         flags += f" --algorithm {variant.algorithm}"
     if variant.entropy_coef is not None:
         flags += f" --entropy_coef {exact(variant.entropy_coef)}"
     if variant.distill_divergence not in (None, budget.diversity.distill_divergence):
         flags += f" --distill_divergence {variant.distill_divergence}"
+    if variant.diversity_quality not in (None, budget.diversity.diversity_quality):
+        flags += f" --diversity_quality {variant.diversity_quality}"
     if variant.seed not in (None, budget.quality.seed):
         flags += f" --seed {variant.seed}"
     return flags
@@ -471,19 +505,22 @@ def run(
     report_only: bool,
     variant: Variant | float | None = None,
     endpoints_only: bool = False,
+    finetunes_only: bool = False,
+    eval_prompts: str = "eval",
 ) -> dict | None:
     from trl_diversity.atomic import write_text_atomic
-    from trl_diversity.data import load_prompts
 
     if not isinstance(variant, Variant):  # a bare number: another diversity model's coefficient
         variant = Variant(diversity_coef=variant)
-    budget = variant.apply(BUDGETS[budget_name])
-    prompts = list(load_prompts("eval", limit=budget.num_prompts)["prompt"])
+    budget = replace(variant.apply(BUDGETS[budget_name]), eval_prompts=eval_prompts)
+    prompts = budget.prompts()
     points = points_of(budget)
     if endpoints_only:
         # The finetunes' own points (w = 0, w = 1) and the base model's: no interior LERP point, so no finetune is
         # trained only to be merged. That answers claims (a) and (b) for a second seed at half the compute.
         points = [p for p in points if p.family != "lerp" or p.value in (0.0, 1.0)]
+    if finetunes_only:
+        points = [p for p in points if p.family == "lerp" and p.value in (0.0, 1.0)]
     (results / "points").mkdir(parents=True, exist_ok=True)
     cache = {p: results / "points" / f"{point_file_stem(p)}-{point_key(p, budget, prompts)}.json" for p in points}
     if report_only:
@@ -548,7 +585,7 @@ def run(
             write_text_atomic(cache[point], json.dumps(entry, indent=1))
             progress.finish(kind, units, time.perf_counter() - started)
         print(f"All stages done in {(time.perf_counter() - progress.started) / 60:.1f} min.", flush=True)
-    if endpoints_only:
+    if endpoints_only or finetunes_only:
         print(
             "--endpoints_only: no report (it needs the LERP front). `python benchmarks/compare_finetunes.py "
             "--diversity_models` compares the seed-1 and RLOO runs it knows; rerun without --endpoints_only for the "
@@ -609,10 +646,36 @@ def main(argv: list[str] | None = None) -> None:
         help="the diversity model distils with this divergence (_<divergence>)",
     )
     parser.add_argument(
+        "--diversity_quality",
+        choices=["none", "teacher_likelihood"],
+        default=None,
+        help="the diversity model's reward is quality x diversity, the quality being the CFG teacher's likelihood "
+        "(_quality-<value>)",
+    )
+    parser.add_argument(
         "--endpoints_only",
         action="store_true",
         help="evaluate the two finetunes' own points (w = 0, w = 1) and the base model's, not the LERP interior, and "
         "write no report: a second seed's claims (a) and (b) without merging",
+    )
+    parser.add_argument(
+        "--diversity_target_rate",
+        type=float,
+        default=None,
+        help="with --diversity_target: the controller's gain (default 0.1; _rate<value>)",
+    )
+    parser.add_argument(
+        "--finetunes_only",
+        action="store_true",
+        help="evaluate only the two finetunes' own points (w = 0, w = 1), no base point, and write no report: with "
+        "--eval_prompts open, a diversity model's gain on prompts of another kind",
+    )
+    parser.add_argument(
+        "--eval_prompts",
+        choices=["eval", "open"],
+        default="eval",
+        help="the bundled prompt set the points are judged on: 'eval' (creative writing) or 'open' (short open "
+        "questions of another kind, never used to choose anything)",
     )
     parser.add_argument(
         "--train_quality_only",
@@ -620,6 +683,14 @@ def main(argv: list[str] | None = None) -> None:
         help="train (or resume) the quality model (beta = 0) and stop: for a machine whose checkpoints are gone",
     )
     args = parser.parse_args(argv)
+    if args.eval_prompts != "eval" and not (args.endpoints_only or args.finetunes_only):
+        parser.error(
+            f"--eval_prompts {args.eval_prompts} judges points for a comparison, not a report: add --finetunes_only "
+            "(or --endpoints_only), then run compare_finetunes.py --diversity_models --eval_prompts "
+            f"{args.eval_prompts}"
+        )
+    if args.diversity_target_rate is not None and args.diversity_target is None:
+        parser.error("--diversity_target_rate tunes the controller of a --diversity_target: add one, or drop it")
     if args.endpoints_only and args.report_only:
         parser.error("--endpoints_only writes no report and --report_only only writes one: give one of them")
     if args.diversity_coef is not None and not (math.isfinite(args.diversity_coef) and args.diversity_coef > 0):
@@ -645,6 +716,8 @@ def main(argv: list[str] | None = None) -> None:
         args.seed,
         entropy_coef=args.entropy_coef,
         distill_divergence=args.distill_divergence,
+        diversity_quality=args.diversity_quality,
+        diversity_target_rate=args.diversity_target_rate,
     )
     full = args.budget == "full"
     results = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction-{args.budget}")
@@ -658,7 +731,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     default_name = "reproduction" + variant.suffix(BUDGETS[args.budget])
     report = Path(args.report or (ROOT / "docs" / "results" if full else results) / f"{default_name}.md")
-    if run(args.budget, results, checkpoints, report, args.report_only, variant, args.endpoints_only) is not None:
+    judged = run(
+        args.budget,
+        results,
+        checkpoints,
+        report,
+        args.report_only,
+        variant,
+        args.endpoints_only,
+        finetunes_only=args.finetunes_only,
+        eval_prompts=args.eval_prompts,
+    )
+    if judged is not None:
         print(f"Report: {report}")
 
 

@@ -18,4 +18,20 @@ run --entropy_coef 0.1 --endpoints_only
 run --distill_divergence forward_kl --endpoints_only
 run --distill_divergence jsd --endpoints_only
 run --entropy_coef 0.01 --endpoints_only
+# 4. Goal (e) first, as it needs no training: the finetunes whose checkpoints are kept, judged on the open
+#    questions, a prompt set of another kind that chose nothing.
+run --finetunes_only --eval_prompts open --distill_divergence forward_kl
+run --finetunes_only --eval_prompts open --entropy_coef 0.1
+# 5. A controller that reaches its target: the same 'initial' target with a five times larger gain (at most 10% a
+#    batch instead of 2%); at rate 0.1 the coefficient rose 15 -> 42.8 and never held the target (#23).
+run --diversity_target initial --diversity_target_rate 0.5 --endpoints_only
+run --finetunes_only --eval_prompts open --diversity_target initial --diversity_target_rate 0.5
+# 6. The lever set the training-prompt search picked (forward KL; see lever_search.md), as a dial: its LERP interior
+#    and report, then a second training seed of both finetunes.
+run --distill_divergence forward_kl
+# 7. The default lever set (reverse KL, beta = 15) on the open questions, for the paired comparison of the levers
+#    there (its checkpoint is not kept: this retrains it), then the second seed of the forward-KL finetunes.
+run --finetunes_only --eval_prompts open
+run --distill_divergence forward_kl --seed 1 --endpoints_only
+run --finetunes_only --eval_prompts open --distill_divergence forward_kl --seed 1
 echo "=== $(date -u +%H:%M:%S) all done"

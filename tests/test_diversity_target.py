@@ -21,7 +21,7 @@ def test_the_coefficient_rises_below_the_target_and_falls_above_it(tiny_checkpoi
     assert all(abs(b / a - 1) <= 0.02 + 1e-12 for a, b in zip(coefs, coefs[1:]))  # at most 2% a batch
 
 
-def test_an_initial_target_is_the_first_batches_mean_diversity(tiny_checkpoint, tmp_path):
+def test_an_initial_target_is_the_first_batches_mean_diversity(tiny_checkpoint, tmp_path, capsys):
     trainer = make_trainer(
         tiny_checkpoint,
         tmp_path,
@@ -34,6 +34,8 @@ def test_an_initial_target_is_the_first_batches_mean_diversity(tiny_checkpoint, 
     coefs, diversity = logged(trainer, "diversity/coef"), logged(trainer, "diversity/reward/mean")
     assert coefs[:2] == [15.0, 15.0]  # held during the warm-up
     assert logged(trainer, "diversity/target") == [pytest.approx(0.5 * (diversity[0] + diversity[1]) / 2)]
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Diversity target set to")]
+    assert len(said) == 1 and f"{0.5 * (diversity[0] + diversity[1]) / 2:.4g}" in said[0]
 
 
 def test_a_resumed_run_continues_with_the_uninterrupted_coefficient(tiny_checkpoint, tmp_path):
@@ -69,3 +71,25 @@ def test_a_resumed_run_continues_with_the_uninterrupted_coefficient(tiny_checkpo
 def test_a_target_that_cannot_mean_anything_is_refused_by_the_config(tmp_path, fields, message):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **fields)
+
+
+def test_the_rate_sets_the_controllers_largest_step(tiny_checkpoint, tmp_path):
+    # rate 1.0: a saturated error (target 2.0 is above any batch) moves the coefficient by exactly 1 + 1.0 * 0.2
+    trainer = make_trainer(
+        tiny_checkpoint, tmp_path, diversity_target=2.0, diversity_coef=4.0, diversity_target_rate=1.0, max_steps=2
+    )
+    assert current_controller(trainer).settings()["rate"] == 1.0  # also what a checkpoint stores for the resume
+    trainer.train()
+    coefs = [*logged(trainer, "diversity/coef"), trainer.diversity_coef]
+    assert coefs == pytest.approx([4.0, 4.0 * 1.2, 4.0 * 1.2**2])
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.1, 5.0, float("nan")])
+def test_a_rate_that_could_stall_or_flip_the_coefficient_is_refused(tmp_path, rate):
+    with pytest.raises(ValueError, match=r"diversity_target_rate must lie in \(0, 5\)"):
+        make_args(tmp_path, diversity_target=0.5, diversity_target_rate=rate)
+
+
+def test_controller_settings_without_a_target_are_reported_as_ignored(tmp_path):
+    with pytest.warns(UserWarning, match=r"diversity_target_rate=0\.5 ignored: .* diversity_target=None"):
+        make_args(tmp_path, diversity_target_rate=0.5)

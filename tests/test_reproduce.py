@@ -85,6 +85,37 @@ def test_small_budget_runs_every_stage_and_resumes(tmp_path):
     assert sorted(p.name.rsplit("-", 1)[0] for p in set(after) - set(before)) == ["lerp-0", "lerp-1"]
     assert not (results / "reproduction_seed1.md").exists() and "compare_finetunes.py" in fifth.stdout
 
+    # The #23 levers at once, judged on the open questions: the quality x diversity reward, a faster controller, and
+    # only the finetunes' own points on the other prompt set (no base point, no report).
+    before = {p: p.stat().st_mtime for p in (results / "points").glob("*.json")}
+    levers = ["--diversity_quality", "teacher_likelihood", "--diversity_target", "initial"]
+    levers += ["--diversity_target_rate", "0.5", "--finetunes_only", "--eval_prompts", "open"]
+    sixth = subprocess.run(command + levers, capture_output=True, text=True, env=env, timeout=1800)
+    assert sixth.returncode == 0, sixth.stderr[-3000:]
+    logs = [json.loads(p.read_text()) for p in (results / "training").glob("diversity-*.json")]
+    lever_log = next(log for log in logs if log["finetune"].get("diversity_quality") == "teacher_likelihood")
+    assert lever_log["finetune"]["diversity_target_rate"] == 0.5
+    assert any("diversity/teacher_likelihood" in row for row in lever_log["log_history"])
+    after = {p: p.stat().st_mtime for p in (results / "points").glob("*.json")}
+    assert {p: t for p, t in after.items() if p in before} == before
+    new = sorted(set(after) - set(before))
+    assert sorted(p.name.rsplit("-", 1)[0] for p in new) == ["lerp-0", "lerp-1"]  # w = 0 is new too: new prompts
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from dataclasses import replace
+
+    from reproduce import BUDGETS, Point, Variant, point_file_stem, point_key
+
+    variant = Variant(diversity_target="initial", diversity_quality="teacher_likelihood", diversity_target_rate=0.5)
+    budget = replace(variant.apply(BUDGETS["small"]), eval_prompts="open")
+    assert budget.prompts()[0] == "Name a fruit that is red."  # the open questions, not the eval prompts
+    ends = [Point("lerp", w) for w in (0.0, 1.0)]
+    assert {p.name for p in new} == {
+        f"{point_file_stem(p)}-{point_key(p, budget, budget.prompts())}.json" for p in ends
+    }
+    assert not list(results.glob("reproduction_*quality*"))  # no report for another prompt set
+    refused = subprocess.run(command + ["--eval_prompts", "open"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "add --finetunes_only" in refused.stderr
+
 
 def test_compare_finetunes_reads_the_committed_cache_without_a_model(tmp_path):
     """The diversity models' comparison is rebuilt from the committed full-budget cache alone, paired by prompt."""
@@ -155,12 +186,12 @@ def test_the_compute_table_lists_every_training_run_retrains_included(tmp_path):
         (tmp_path / "training" / f"{name}-{seed}.json").write_text(json.dumps(log))
     rows = [line for line in compute_table(tmp_path) if line.startswith("| ") and "---" not in line][1:]
     assert rows == [
-        "| diversity | grpo | 15 |  | 2 | 60 | 20.0 | 20.0 |",
-        "| diversity again, for merges (a curve not bit-identical) | grpo | 15 |  | 2 | 60 |  |  |",
-        "| quality | grpo | 0 |  | 2 | 60 | 5.0 | 5.0 |",
-        "| quality again, for merges (bit-identical curve) | grpo | 0 |  | 2 | 60 |  |  |",
-        "| quality | grpo | 0 |  | 10 | 60 | 10.0 | 10.0 |",
-        "| quality again, for merges (its curve within 2e-07 relative) | grpo | 0 |  | 10 | 60 | 11.0 | 11.0 |",
+        "| diversity | grpo | 15 |  |  | 2 | 60 | 20.0 | 20.0 |",
+        "| diversity again, for merges (a curve not bit-identical) | grpo | 15 |  |  | 2 | 60 |  |  |",
+        "| quality | grpo | 0 |  |  | 2 | 60 | 5.0 | 5.0 |",
+        "| quality again, for merges (bit-identical curve) | grpo | 0 |  |  | 2 | 60 |  |  |",
+        "| quality | grpo | 0 |  |  | 10 | 60 | 10.0 | 10.0 |",
+        "| quality again, for merges (its curve within 2e-07 relative) | grpo | 0 |  |  | 10 | 60 | 11.0 | 11.0 |",
     ]
     assert compute_table(tmp_path)[-1] == "6 training runs, 46 min of training in all."
 

@@ -21,6 +21,7 @@ from trl import GRPOConfig, RLOOConfig
 from trl_diversity.defaults import DEFAULT_JOB_TRAINING
 from trl_diversity.rewards.registry import BUILTIN_GROUP_REWARDS, check_group_reward_name
 from trl_diversity.trainer.divergence import DIVERGENCES
+from trl_diversity.trainer.teacher_quality import DIVERSITY_QUALITIES
 
 
 @dataclass
@@ -84,6 +85,17 @@ class DiversityCFGFields:
             "diversity_reward='embedding'. None uses the embedded default, all-MiniLM-L6-v2."
         },
     )
+    diversity_quality: str = field(
+        default="none",
+        metadata={
+            "help": "Weigh each sample's diversity reward by its quality, DARLING-style (a product, not a sum): 'none' "
+            "trains on r_i; 'teacher_likelihood' trains on q_i * r_i, where q_i is the geometric-mean probability that "
+            "the CFG-guided teacher gives the sample's tokens, divided by the largest in its group (weights in (0, 1]). "
+            "A sample the guided teacher finds unlikely earns less for being different. The baseline is "
+            "then RLOO's. Needs distill_coef > 0 (it reads the guided predictions distillation computes).",
+            "choices": list(DIVERSITY_QUALITIES),
+        },
+    )
     unconditional_prompt: str = field(
         default="",
         metadata={
@@ -119,6 +131,15 @@ class DiversityCFGFields:
         },
     )
 
+    diversity_target_rate: float = field(
+        default=0.1,
+        metadata={
+            "help": "With a diversity_target: the controller's gain. The coefficient moves by a factor 1 + rate * e "
+            "per generation batch, e the relative error to the target clipped to +-0.2, so by a factor of at most "
+            "1 + rate/5 a batch (1.02 at the default 0.1, Ziegler et al.'s K). Must lie in (0, 5)."
+        },
+    )
+
     max_nonfinite_steps: int = field(
         default=3,
         metadata={
@@ -140,6 +161,16 @@ class DiversityCFGFields:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}. Use 0 to turn the term off.")
         check_group_reward_name(self.diversity_reward)
+        if self.diversity_quality not in DIVERSITY_QUALITIES:
+            raise ValueError(
+                f"Unknown diversity_quality {self.diversity_quality!r}; choose one of {', '.join(DIVERSITY_QUALITIES)}."
+            )
+        if self.diversity_quality == "teacher_likelihood" and self.distill_coef == 0:
+            raise ValueError(
+                "diversity_quality='teacher_likelihood' weighs the diversity reward by the CFG teacher's likelihood, "
+                "which is computed for distillation, and distill_coef=0. Set distill_coef > 0, or "
+                "diversity_quality='none'."
+            )
         self._check_diversity_target()
         if self.diversity_embedder is not None and self.diversity_reward != "embedding":
             warnings.warn(
@@ -184,6 +215,7 @@ class DiversityCFGFields:
     def _check_diversity_target(self) -> None:
         """A target that cannot mean anything is refused here, before any model loads."""
         from trl_diversity.trainer.diversity_controller import (
+            DEFAULT_MAX_ERROR,
             check_diversity_target,
             measure_range,
             parse_diversity_target,
@@ -198,6 +230,12 @@ class DiversityCFGFields:
         if self.diversity_target_warmup_steps < 1:
             raise ValueError(
                 f"diversity_target_warmup_steps must be at least 1, got {self.diversity_target_warmup_steps}."
+            )
+        rate = self.diversity_target_rate
+        if not (math.isfinite(rate) and 0 < rate < 1 / DEFAULT_MAX_ERROR):
+            raise ValueError(
+                f"diversity_target_rate must lie in (0, {1 / DEFAULT_MAX_ERROR:g}), got {rate} (a step may not move "
+                "the coefficient by a factor of 0 or less). The default 0.1 moves it by at most 2% a batch."
             )
 
     def _warn_about_ignored_fields(self) -> None:
@@ -219,6 +257,19 @@ class DiversityCFGFields:
                 f"distill_divergence={self.distill_divergence!r}. Set distill_divergence='jsd' to use it.",
                 stacklevel=4,
             )
+        if self.diversity_target is None:
+            untargeted = [
+                name
+                for name in ("diversity_target_warmup_steps", "diversity_target_rate")
+                if getattr(self, name) != self.__dataclass_fields__[name].default
+            ]
+            if untargeted:
+                warnings.warn(
+                    f"{', '.join(f'{name}={getattr(self, name)!r}' for name in untargeted)} ignored: they tune the "
+                    "controller of a diversity_target, and diversity_target=None (a fixed diversity_coef). Set "
+                    "diversity_target to use them, or drop them.",
+                    stacklevel=4,
+                )
         if ignored:
             warnings.warn(
                 f"{', '.join(f'{name}={getattr(self, name)!r}' for name in ignored)} ignored: {reason}. "
@@ -264,8 +315,17 @@ FIELD_GROUPS = {
         "unconditional_prompt",
         "teacher_model",
     ),
-    "Parameters that control the diversity reward": ("diversity_coef", "diversity_reward", "diversity_embedder"),
-    "Parameters that control the diversity target": ("diversity_target", "diversity_target_warmup_steps"),
+    "Parameters that control the diversity reward": (
+        "diversity_coef",
+        "diversity_reward",
+        "diversity_embedder",
+        "diversity_quality",
+    ),
+    "Parameters that control the diversity target": (
+        "diversity_target",
+        "diversity_target_warmup_steps",
+        "diversity_target_rate",
+    ),
     "Parameters that control safety": ("max_nonfinite_steps",),
 }
 

@@ -214,9 +214,11 @@ class DiversityCoefController:
       long-run path and its noise unchanged, adds lag (`(1 - ema) / ema` steps) to the loop, and spreads an outlier
       over many steps that each stay under the clip, so that its whole effect escapes it. One batch at the embedding
       measure's maximum (2.0, target 0.5) moves the coefficient by 2% in all with `ema = 1`, by about 24% with
-      `ema = 0.1`. Per-batch noise (about 6% of the mean with 8 prompts of 4 samples, from METHOD.md's
-      40-prompt interval) moves it by `rate * noise`, under 1% a step, and the policy, which learns over many steps, averages that out. Lower
-      `ema` only when single batches are very noisy (a few prompts per batch), accepting the lag.
+      `ema = 0.1`. Per-batch noise moves it by `rate * noise` a step, and the policy, which learns over many
+      steps, averages that out. That noise is large on small batches: with 2 prompts of 4 samples a batch (the
+      reproduction's full budget) the batch mean's standard deviation was 0.07-0.10 around means of 0.43-0.69, about
+      18% of the mean, over the second half of 14 runs (`docs/results/diversity_models.md`). Larger batches, not an
+      EMA, are the cure: an EMA only delays the same random walk of `log coef`.
     - `lower, upper = initial_coef / 100, initial_coef * 100` by default: room for two orders of magnitude either
       way, while an unreachable target cannot drive the coefficient to 0 or to infinity.
     - `warmup_steps = 10` (an `"initial"` target only): the target is `factor * mean` of the first 10 measurements,

@@ -55,6 +55,7 @@ from trl_diversity.trainer.safety import NonFiniteStepGuard, ResumeNotice, Signa
 from trl_diversity.trainer.student_positions import positions_from_attention_mask
 from trl_diversity.trainer.teacher import guided_teacher_hidden_states
 from trl_diversity.trainer.teacher_model import teacher_model_is_missing
+from trl_diversity.trainer.teacher_quality import relative_to_group_best, teacher_likelihood
 from trl_diversity.trainer.trl_internals import (
     create_model_from_path,
     disable_dropout_in_model,
@@ -85,6 +86,7 @@ class DiversityCFGMixin:
     """The method, on top of a TRL online RL trainer (put it first among the bases)."""
 
     _config_class: type  # the config the trainer takes (DiversityCFGConfig, DiversityCFGRLOOConfig)
+    _trl_config_class: type  # the TRL config it extends (GRPOConfig, RLOOConfig), named in errors
 
     # ----------------------------------------------------------------------------------------------------------------
     # Construction
@@ -106,7 +108,7 @@ class DiversityCFGMixin:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = config_class(f"{name.split('/')[-1] or 'model'}-DiversityCFG")
         elif not isinstance(args, config_class):
-            base = config_class.__mro__[2].__name__  # GRPOConfig or RLOOConfig
+            base = self._trl_config_class.__name__
             raise TypeError(
                 f"{type(self).__name__} needs a {config_class.__name__}, got {type(args).__name__}. Build one with "
                 f"the same fields: {config_class.__name__}(**your_{base.lower()}.to_dict()) plus the diversity/CFG "
@@ -184,7 +186,10 @@ class DiversityCFGMixin:
         # With a diversity target, a controller moves the coefficient; its callback checkpoints it.
         if args.diversity_target is not None:
             controller = DiversityCoefController(
-                args.diversity_target, args.diversity_coef, warmup_steps=args.diversity_target_warmup_steps
+                args.diversity_target,
+                args.diversity_coef,
+                warmup_steps=args.diversity_target_warmup_steps,
+                rate=args.diversity_target_rate,
             )
             self.add_callback(DiversityControllerCallback(controller))
 
@@ -425,6 +430,8 @@ class DiversityCFGMixin:
         mode = "train" if self.model.training else "eval"
         if not self.reward_funcs:
             self._log_zero_quality_reward(mode)
+        if self.args.distill_coef > 0:  # before the diversity term, which may weigh samples by the teacher
+            output["teacher_hidden_states"] = self._teacher_hidden_states(output, is_conversational(inputs[0]))
         rewards = self._latest_diversity_rewards
         if rewards is not None:
             self._add_diversity_advantages(output, rewards, mode)
@@ -432,8 +439,6 @@ class DiversityCFGMixin:
             # Keeps the completions table's columns of equal length.
             global_size = output["advantages"].shape[0] * self.accelerator.num_processes
             self._logs["extra"]["diversity_reward"].extend([float("nan")] * global_size)
-        if self.args.distill_coef > 0:
-            output["teacher_hidden_states"] = self._teacher_hidden_states(output, is_conversational(inputs[0]))
         return output
 
     def _add_diversity_advantages(self, output: dict, rewards: torch.Tensor, mode: str) -> None:
@@ -442,14 +447,20 @@ class DiversityCFGMixin:
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         pairwise = is_pairwise(self.diversity_reward)
         coef = self.diversity_coef
-        advantages = coef * group_advantages(rewards, num_generations, pairwise)
+        metrics = self._metrics[mode]
+        trained, exact_baseline = rewards, pairwise
+        if self.args.diversity_quality == "teacher_likelihood":  # quality x diversity (teacher_quality.py)
+            likelihood = self._teacher_likelihood(output)
+            trained = relative_to_group_best(likelihood, num_generations) * rewards
+            exact_baseline = False  # a product is no mean of pairwise terms: RLOO's baseline
+            metrics["diversity/teacher_likelihood"].append(likelihood.mean().item())
+        advantages = coef * group_advantages(trained, num_generations, exact_baseline)
         local_size = output["advantages"].shape[0]
         start = self.accelerator.process_index * local_size
         if coef > 0:
             local = advantages[start : start + local_size].to(output["advantages"].device)
             output["advantages"] = output["advantages"] + local
             _add_to_last(self._logs["advantages"], advantages.tolist())  # the completions table shows what trains
-        metrics = self._metrics[mode]
         if pairwise:  # the group's mean reward is its mean pairwise dissimilarity: the paper's diversity
             metrics["diversity/pairwise"].append(rewards.mean().item())
         metrics["diversity/reward/mean"].append(rewards.mean().item())
@@ -463,7 +474,26 @@ class DiversityCFGMixin:
                 metrics["diversity/target"].append(controller.target)
             if mode == "train":
                 # `rewards` covers the whole batch of every process: each process takes the same step.
+                warming_up = controller.warming_up
                 controller.update(rewards.mean().item())
+                if warming_up and not controller.warming_up and self.accelerator.is_main_process:
+                    # The end of an "initial" target's warm-up: say what it measured (the log only shows it later).
+                    print(
+                        f"Diversity target set to {controller.target:.4g} ({controller.target_spec.describe()}, "
+                        f"measured over the first {controller.warmup_steps} generation batches)."
+                    )
+
+    def _teacher_likelihood(self, output: dict) -> torch.Tensor:
+        """`q_i` of every completion of the global batch (`[N]`, in the order of the group rewards)."""
+        teacher = self.teacher if self.teacher is not None else self.model
+        local = teacher_likelihood(
+            output["teacher_hidden_states"],
+            output["completion_ids"],
+            output["completion_mask"],
+            self._teacher_head(),
+            logit_scale(teacher),
+        )
+        return self.accelerator.gather(local.to(self.accelerator.device)).cpu()
 
     def _compute_loss(self, model, inputs):
         if self.args.distill_coef == 0:
