@@ -12,7 +12,7 @@ timers wrapped around the trainers' own methods in this process (nothing in the 
 
     generation       GRPOTrainer._generate (sampling the completions)
     rewards          GRPOTrainer._calculate_rewards (ours: the diversity reward, i.e. MiniLM embeddings)
-    teacher_forward  DiversityCFGTrainer._teacher_hidden_states (CFG teacher, conditional + unconditional pass)
+    teacher_forward  CFGTeacher.hidden_states (CFG teacher, conditional + unconditional pass)
     loss_forward     _compute_loss (student forward, GRPO loss; ours also the distillation loss)
     distill_forward  chunked_token_divergence forward (part of loss_forward)
     backward         accelerator.backward (ours includes distill_backward)
@@ -148,8 +148,9 @@ def instrument(trainer, recorder: StepRecorder):
         ("_compute_loss", "loss_forward"),
     ):
         setattr(trainer, name, recorder.timed(part, getattr(trainer, name)))
-    if hasattr(trainer, "_teacher_hidden_states"):
-        trainer._teacher_hidden_states = recorder.timed("teacher_forward", trainer._teacher_hidden_states)
+    teacher = getattr(trainer, "cfg_teacher", None)  # None for plain GRPO
+    if teacher is not None:
+        teacher.hidden_states = recorder.timed("teacher_forward", teacher.hidden_states)
     trainer.accelerator.backward = recorder.timed("backward", trainer.accelerator.backward)
 
 

@@ -67,7 +67,7 @@ def test_lora_with_a_trainable_head_keeps_the_teachers_head_frozen(tiny_checkpoi
     trainer.train()
     student_head, _ = _weight_and_bias(trainer._student_head(trainer.model))
     assert not torch.equal(student_head, initial)  # the head did train
-    teacher_head, _ = _weight_and_bias(trainer._teacher_head())
+    teacher_head, _ = _weight_and_bias(trainer.cfg_teacher.head())
     assert torch.equal(teacher_head, initial)
 
 
@@ -79,7 +79,7 @@ def test_the_lora_teacher_runs_in_eval_mode(tiny_checkpoint, tmp_path):
     trainer.model.train()
     batch = [trainer.train_dataset[i // 4] for i in range(8)]
     output = trainer._generate_and_score_completions(batch)
-    again = trainer._teacher_hidden_states(output, conversational=True)
+    again = trainer.cfg_teacher.hidden_states(output, conversational=True)
     torch.testing.assert_close(output["teacher_hidden_states"], again, rtol=0, atol=0)
     assert trainer.model.training  # and the policy is back in train mode
 
@@ -127,7 +127,7 @@ def test_the_defaults_warn_about_nothing(tmp_path):
 
 
 def test_a_teacher_in_the_local_hub_cache_is_accepted_offline(tmp_path, monkeypatch):
-    from trl_diversity.trainer.teacher_model import teacher_model_is_missing
+    from trl_diversity.trainer.teacher import teacher_model_is_missing
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = tmp_path / "hub"

@@ -58,7 +58,7 @@ def test_advantage_is_coef_times_rloo_of_likelihood_weighted_rewards(tiny_checkp
 
     # q_i from scratch: each completion's tokens under the CFG-guided teacher, one unpadded sequence at a time.
     teacher = trainer.accelerator.unwrap_model(trainer.teacher)
-    null = torch.tensor(trainer._unconditional_ids(conversational=True))
+    null = torch.tensor(trainer.cfg_teacher.unconditional_ids(conversational=True))
     q = []
     with torch.no_grad():
         for row in range(8):

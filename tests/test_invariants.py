@@ -130,7 +130,7 @@ def teacher_probe(trainer) -> torch.Tensor:
         "completion_ids": torch.tensor([[7, 8, 9], [10, 11, 0]]),
         "completion_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
     }
-    return trainer._teacher_hidden_states(output, conversational=False)
+    return trainer.cfg_teacher.hidden_states(output, conversational=False)
 
 
 def base_weights(trainer) -> dict[str, torch.Tensor]:
@@ -151,9 +151,9 @@ def check_teacher_and_base_never_move(setup: Setup, folder: Path):
     if base_before is not None:
         for name, weight in base_weights(trainer).items():
             assert torch.equal(weight, base_before[name]), f"LoRA base weight {name} moved: {setup.describe()}"
-    if adapter and trainer._teacher_adapter is not None:
+    if adapter and trainer.cfg_teacher.adapter is not None:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        frozen = [p for n, p in model.named_parameters() if f".{trainer._teacher_adapter}." in n]
+        frozen = [p for n, p in model.named_parameters() if f".{trainer.cfg_teacher.adapter}." in n]
         assert frozen and not any(p.requires_grad for p in frozen)
 
 

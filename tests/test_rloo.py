@@ -200,7 +200,7 @@ def test_peft_config_and_a_user_peft_model_both_train_with_a_frozen_teacher(tiny
     )
     model = get_peft_model(build_model(len(tokenizer)), lora)
     by_model = rloo_trainer(tiny_checkpoint, tmp_path / "model", model=model, max_steps=2)
-    assert set(by_model.model.peft_config) == {"default", "ref"} and by_model._teacher_adapter == "ref"
+    assert set(by_model.model.peft_config) == {"default", "ref"} and by_model.cfg_teacher.adapter == "ref"
     before = {n: p.detach().clone() for n, p in by_model.model.named_parameters()}
     by_model.train()
     for name, param in by_model.model.named_parameters():

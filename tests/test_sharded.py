@@ -175,7 +175,7 @@ def test_sharded_training_on_two_processes_matches_one_process(tiny_checkpoint, 
 
     # The sharded teacher gives the one-process teacher's guided hidden states.
     mask = batch["completion_mask"].bool()
-    teacher_hidden = trainer._teacher_hidden_states(batch, conversational=True)
+    teacher_hidden = trainer.cfg_teacher.hidden_states(batch, conversational=True)
     torch.testing.assert_close(batch["teacher_hidden_states"][mask], teacher_hidden[mask], atol=1e-4, rtol=1e-4)
 
     # The loss the sharded run optimised (the mean of the ranks' losses) and its gradients, from one process. (GRPO
@@ -195,7 +195,7 @@ def test_sharded_training_on_two_processes_matches_one_process(tiny_checkpoint, 
     # is the initial policy; the sharded run's teacher must still give exactly that.
     batch = concatenate([rank["generated"][1] for rank in ranks], pad_id)
     mask = batch["completion_mask"].bool()
-    teacher_hidden = trainer._teacher_hidden_states(batch, conversational=True)
+    teacher_hidden = trainer.cfg_teacher.hidden_states(batch, conversational=True)
     torch.testing.assert_close(batch["teacher_hidden_states"][mask], teacher_hidden[mask], atol=1e-4, rtol=1e-4)
     student, initial = ranks[0]["student"], ranks[0]["initial"]
     for name in student:

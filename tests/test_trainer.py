@@ -120,7 +120,7 @@ def test_distillation_loss_equals_a_naive_full_logits_computation(tiny_checkpoin
     loss = trainer._compute_loss(trainer.model, output)
 
     model, teacher = trainer.model, trainer.accelerator.unwrap_model(trainer.teacher)
-    null = torch.tensor(trainer._unconditional_ids(conversational=True))
+    null = torch.tensor(trainer.cfg_teacher.unconditional_ids(conversational=True))
     total, count = 0.0, 0
     with torch.no_grad():
         for row in range(4):
@@ -198,7 +198,7 @@ def test_teacher_vocabulary_check_reads_the_full_size_of_zero3_partitioned_heads
         placeholder.ds_shape = head.weight.shape
         head.weight = placeholder
     with pytest.raises(ValueError, match=f"has {rows} rows, the teacher's {rows + 2}"):
-        trainer._check_teacher_vocabulary(teacher, str(tmp_path / "a checkpoint without a tokenizer"))
+        trainer.cfg_teacher._check_vocabulary(teacher, str(tmp_path / "a checkpoint without a tokenizer"))
 
 
 def test_missing_teacher_path_is_rejected_before_loading_anything(tiny_checkpoint, tmp_path):

@@ -18,8 +18,9 @@ import torch
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig, DiversityCFGRLOOConfig
-from trl_diversity.trainer.method import TEACHER_ADAPTER, DiversityCFGMixin
+from trl_diversity.trainer.method import DiversityCFGMixin
 from trl_diversity.trainer.normalization import reduce_like_grpo, reduce_like_rloo
+from trl_diversity.trainer.teacher.cfg_teacher import TEACHER_ADAPTER
 
 __all__ = ["TEACHER_ADAPTER", "DiversityCFGRLOOTrainer", "DiversityCFGTrainer"]
 

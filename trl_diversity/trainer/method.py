@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,34 +41,22 @@ from trl_diversity.defaults import DEFAULT_MODEL_NAMES, default_model_path_if_co
 from trl_diversity.rewards.baselines import group_advantages, is_pairwise
 from trl_diversity.rewards.group import LOCAL_KWARGS, score_groups
 from trl_diversity.rewards.registry import resolve_group_reward
-from trl_diversity.trainer.divergence import chunked_token_divergence, head_rows
+from trl_diversity.trainer.divergence import chunked_token_divergence
 from trl_diversity.trainer.diversity_controller import (
     DiversityCoefController,
     DiversityControllerCallback,
     current_controller,
 )
 from trl_diversity.trainer.hidden_states import capture_last_hidden_state, language_model
-from trl_diversity.trainer.logit_scale import logit_scale, text_config
+from trl_diversity.trainer.logit_scale import logit_scale
 from trl_diversity.trainer.model_card import name_local_base_model, name_local_folder_in_example
 from trl_diversity.trainer.safety import NonFiniteStepGuard, ResumeNotice, SignalCheckpoint
 from trl_diversity.trainer.student_positions import positions_from_attention_mask
-from trl_diversity.trainer.teacher import guided_teacher_hidden_states
-from trl_diversity.trainer.teacher_model import teacher_model_is_missing
+from trl_diversity.trainer.teacher import CFGTeacher, teacher_model_is_missing
 from trl_diversity.trainer.teacher_quality import relative_to_group_best, teacher_likelihood
-from trl_diversity.trainer.trl_internals import (
-    create_model_from_path,
-    disable_dropout_in_model,
-    disable_gradient_checkpointing,
-    get_config_model_id,
-    prepare_deepspeed,
-    prepare_fsdp,
-    use_adapter,
-)
+from trl_diversity.trainer.trl_internals import get_config_model_id
 from trl_diversity.trainer.validation import check_chat_template, check_distillation_inputs, check_prompt_dataset
 from trl_diversity.vllm_cpu import prepare_vllm
-
-# The frozen copy of a user-supplied adapter: the teacher is the initial policy, which TRL's convention calls "ref".
-TEACHER_ADAPTER = "ref"
 
 
 @dataclass
@@ -177,12 +164,10 @@ class DiversityCFGMixin:
         self.add_callback(SignalCheckpoint(self))
         self.add_callback(ResumeNotice())
 
-        self._unconditional_ids_cache: dict[bool, list[int]] = {}
-        self.teacher = None  # a separate frozen model; None with LoRA (adapter disabled) or without distillation
-        self._teacher_adapter = None  # with a user-supplied adapter: the name of its frozen copy ("ref")
-        self._frozen_teacher_head = None  # with LoRA and a trainable LM head: a frozen copy of the initial head
-        if args.distill_coef > 0:
-            self._set_up_teacher(setup.initial_policy, setup.user_adapter_model)
+        # The frozen CFG teacher (teacher/cfg_teacher.py), only when distilling.
+        self.cfg_teacher = (
+            CFGTeacher(self, setup.initial_policy, setup.user_adapter_model) if args.distill_coef > 0 else None
+        )
         # With a diversity target, a controller moves the coefficient; its callback checkpoints it.
         if args.diversity_target is not None:
             controller = DiversityCoefController(
@@ -192,6 +177,12 @@ class DiversityCFGMixin:
                 rate=args.diversity_target_rate,
             )
             self.add_callback(DiversityControllerCallback(controller))
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        """The teacher's separate frozen model; None without distillation, or with LoRA (the teacher is then the
+        policy with its adapter off)."""
+        return None if self.cfg_teacher is None else self.cfg_teacher.model
 
     @property
     def diversity_coef(self) -> float:
@@ -228,158 +219,6 @@ class DiversityCFGMixin:
         # TRL pings the hub with usage telemetry when a trainer is built. This project makes no network call the
         # user did not ask for (its default path runs with no hub at all), so the ping is off. README: "Offline".
         return
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Teacher
-
-    def _set_up_teacher(self, initial_policy, user_adapter_model: bool):
-        args = self.args
-        if args.teacher_model is not None:
-            teacher = create_model_from_path(args.teacher_model, **self._teacher_init_kwargs())
-            self._check_teacher_vocabulary(teacher, args.teacher_model)
-        elif is_peft_model(self.model):
-            if user_adapter_model:
-                self._teacher_adapter = self._freeze_adapter_copy()
-            _check_no_softcapping(self.model)
-            self._frozen_teacher_head = self._freeze_trainable_head()
-            return  # the base model with the adapter disabled is the teacher: no second copy of the weights
-        elif initial_policy is not None:
-            # An in-memory policy is its own starting point. TRL's reference is no substitute: TRL reloads it from
-            # `config._name_or_path`, the checkpoint on disk, which differs from a policy changed in memory (a merged
-            # SFT adapter, resized embeddings, edited weights).
-            teacher = initial_policy
-        elif self.ref_model is not None and not args.sync_ref_model:
-            # Loaded from the same path as the policy, the trainer's frozen reference is the initial policy already.
-            # Not under `sync_ref_model`: the trainer then mixes the policy into its reference, and the teacher would
-            # drift toward the student.
-            self.teacher = self.ref_model
-            _check_no_softcapping(self.teacher)
-            return
-        else:
-            teacher = create_model_from_path(get_config_model_id(self.model.config), **self._teacher_init_kwargs())
-        _check_no_softcapping(teacher)
-        teacher.eval().requires_grad_(False)
-        if args.disable_dropout:
-            disable_dropout_in_model(teacher)
-        # Prepared like the trainer's reference model, so it is sharded the same way under DeepSpeed ZeRO-3 and FSDP.
-        if self.is_deepspeed_enabled:
-            self.teacher = prepare_deepspeed(teacher, self.accelerator)
-        elif self.is_fsdp_enabled:
-            self.teacher = prepare_fsdp(teacher, self.accelerator)
-        else:
-            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
-
-    def _teacher_init_kwargs(self) -> dict:
-        kwargs = dict(self.args.model_init_kwargs or {})
-        if self.args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
-            kwargs["device_map"] = None
-        kwargs.setdefault("trust_remote_code", self.args.trust_remote_code)
-        kwargs.setdefault("dtype", self.model.dtype)
-        return kwargs
-
-    def _check_teacher_vocabulary(self, teacher, name: str):
-        # Under ZeRO-3 both heads are already partitioned here: `head_rows` reads their full size, not 0.
-        student_rows = head_rows(language_model(self.model).get_output_embeddings().weight)
-        teacher_rows = head_rows(teacher.get_output_embeddings().weight)
-        mismatch = student_rows != teacher_rows
-        detail = f"the student's LM head has {student_rows} rows, the teacher's {teacher_rows}"
-        try:
-            from transformers import AutoTokenizer
-
-            teacher_vocab = AutoTokenizer.from_pretrained(name).get_vocab()
-        except (OSError, ValueError):
-            teacher_vocab = None  # a checkpoint without a tokenizer: only the head sizes can be compared
-        if teacher_vocab is not None and teacher_vocab != self._tokenizer.get_vocab():
-            mismatch = True
-            detail = "their tokenizers map tokens to different ids"
-        if mismatch:
-            raise ValueError(
-                f"teacher_model {name!r} does not share the student's vocabulary ({detail}). CFG distillation compares "
-                "next-token distributions id by id: use a teacher from the same model family and tokenizer."
-            )
-
-    def _freeze_adapter_copy(self) -> str:
-        """The initial policy is base + the user's adapter: keep a frozen copy of that adapter as the teacher.
-
-        TRL names the frozen copy of the initial adapter "ref" (GRPO makes one when `beta != 0`, RLOO always); the
-        teacher is that same initial policy, so it is the same adapter under the same name, shared when TRL made it.
-        """
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if TEACHER_ADAPTER not in unwrapped.peft_config:
-            unwrapped.add_adapter(TEACHER_ADAPTER, unwrapped.peft_config["default"])
-            for name, param in unwrapped.named_parameters():
-                if f".{TEACHER_ADAPTER}." in name:
-                    param.data.copy_(unwrapped.get_parameter(name.replace(f".{TEACHER_ADAPTER}.", ".default.")).data)
-            unwrapped.set_adapter("default")
-        for name, param in unwrapped.named_parameters():
-            if f".{TEACHER_ADAPTER}." in name:
-                param.requires_grad_(False)
-        return TEACHER_ADAPTER
-
-    def _freeze_trainable_head(self) -> torch.nn.Linear | None:
-        """With LoRA, the teacher is the model with its adapter off; a head trained alongside the adapter
-        (`modules_to_save=["lm_head"]`) would still move under it. Keep a frozen copy of the initial head then."""
-        head = language_model(self.accelerator.unwrap_model(self.model)).get_output_embeddings()
-        if not any(parameter.requires_grad for parameter in head.parameters()):
-            return None
-        weight, bias = head.weight, getattr(head, "bias", None)
-        if hasattr(weight, "ds_shape") or hasattr(weight, "full_tensor"):
-            raise ValueError(
-                "LoRA with a trainable LM head (modules_to_save or trainable tied embeddings) under DeepSpeed ZeRO-3 "
-                "or FSDP: the CFG teacher needs a frozen copy of the initial head, which a sharded head cannot give. "
-                "Leave lm_head out of modules_to_save, or train on one device or with ZeRO-2."
-            )
-        frozen = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
-        frozen = frozen.to(weight.dtype).requires_grad_(False)
-        frozen.weight.copy_(weight.detach())
-        if bias is not None:
-            frozen.bias.copy_(bias.detach())
-        return frozen
-
-    def _unconditional_ids(self, conversational: bool) -> list[int]:
-        """The null context, rendered like the prompts; never empty (falls back to BOS, else EOS)."""
-        if conversational not in self._unconditional_ids_cache:
-            null = self.args.unconditional_prompt
-            if conversational:
-                ids = self._tokenize_prompts([[{"role": "user", "content": null}]])[0][0]
-            else:
-                ids = self.processing_class(text=[null])["input_ids"][0]
-            ids = [int(i) for i in ids]
-            if not ids:
-                fallback = self._tokenizer.bos_token_id
-                ids = [fallback if fallback is not None else self._tokenizer.eos_token_id]
-            self._unconditional_ids_cache[conversational] = ids
-        return self._unconditional_ids_cache[conversational]
-
-    def _teacher_hidden_states(self, output: dict, conversational: bool) -> torch.Tensor:
-        mode = "train" if self.model.training else "eval"
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        arguments = dict(
-            prompt_ids=output["prompt_ids"],
-            prompt_mask=output["prompt_mask"],
-            completion_ids=output["completion_ids"],
-            completion_mask=output["completion_mask"],
-            unconditional_ids=self._unconditional_ids(conversational),
-            guidance_scale=self.args.guidance_scale,
-            pad_id=self._tokenizer.pad_token_id,
-            batch_size=batch_size,
-        )
-        with torch.no_grad(), self.accelerator.autocast():
-            if self.teacher is not None:
-                return guided_teacher_hidden_states(self.teacher, **arguments)
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            with (
-                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-                use_adapter(unwrapped, adapter_name=self._teacher_adapter),
-                _in_eval_mode(self.model),  # the teacher is frozen: no dropout, as for the separate teacher
-            ):
-                return guided_teacher_hidden_states(self.model, **arguments)
-
-    def _teacher_head(self) -> torch.nn.Module:
-        if self._frozen_teacher_head is not None:
-            return self._frozen_teacher_head
-        owner = self.model if self.teacher is None else self.teacher
-        return language_model(self.accelerator.unwrap_model(owner)).get_output_embeddings()
 
     # ----------------------------------------------------------------------------------------------------------------
     # Diversity term
@@ -431,7 +270,7 @@ class DiversityCFGMixin:
         if not self.reward_funcs:
             self._log_zero_quality_reward(mode)
         if self.args.distill_coef > 0:  # before the diversity term, which may weigh samples by the teacher
-            output["teacher_hidden_states"] = self._teacher_hidden_states(output, is_conversational(inputs[0]))
+            output["teacher_hidden_states"] = self.cfg_teacher.hidden_states(output, is_conversational(inputs[0]))
         rewards = self._latest_diversity_rewards
         if rewards is not None:
             self._add_diversity_advantages(output, rewards, mode)
@@ -485,13 +324,12 @@ class DiversityCFGMixin:
 
     def _teacher_likelihood(self, output: dict) -> torch.Tensor:
         """`q_i` of every completion of the global batch (`[N]`, in the order of the group rewards)."""
-        teacher = self.teacher if self.teacher is not None else self.model
         local = teacher_likelihood(
             output["teacher_hidden_states"],
             output["completion_ids"],
             output["completion_mask"],
-            self._teacher_head(),
-            logit_scale(teacher),
+            self.cfg_teacher.head(),
+            self.cfg_teacher.logit_scale(),
         )
         return self.accelerator.gather(local.to(self.accelerator.device)).cpu()
 
@@ -516,11 +354,11 @@ class DiversityCFGMixin:
                 student_hidden[selected],
                 self._student_head(model),
                 teacher_hidden[selected].to(student_hidden.device),
-                self._teacher_head(),
+                self.cfg_teacher.head(),
                 kind=self.args.distill_divergence,
                 jsd_beta=self.args.distill_jsd_beta,
                 student_logit_scale=logit_scale(model),
-                teacher_logit_scale=logit_scale(self.teacher if self.teacher is not None else model),
+                teacher_logit_scale=self.cfg_teacher.logit_scale(),
             )
         per_token = torch.zeros(mask.shape, dtype=divergence.dtype, device=divergence.device)
         per_token = per_token.masked_scatter(selected, divergence)
@@ -559,22 +397,3 @@ def _add_to_last(logged, values: list[float]) -> None:
     count = min(len(values), len(logged))
     tail = [logged.pop() for _ in range(count)][::-1]
     logged.extend(old + new for old, new in zip(tail, values[len(values) - count :]))
-
-
-@contextmanager
-def _in_eval_mode(model: torch.nn.Module):
-    """Run the block with `model` in eval mode (dropout off), then restore its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _check_no_softcapping(model):
-    if getattr(text_config(model), "final_logit_softcapping", None):
-        raise ValueError(
-            "The teacher applies final-logit soft-capping, so CFG cannot be computed on its hidden states (the "
-            "capping is not linear). Use a model without `final_logit_softcapping` or set distill_coef=0."
-        )

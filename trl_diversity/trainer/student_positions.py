@@ -2,7 +2,7 @@
 
 TRL runs the policy (and its reference) on left-padded `prompt + completion` rows without `position_ids`. A model with
 learned absolute positions (GPT-2, OPT) then counts from the first pad: a short prompt sits at other positions than
-when it is generated (`generate` counts from the first real token) or run by the CFG teacher (`teacher.py`). At
+when it is generated (`generate` counts from the first real token) or run by the CFG teacher (`teacher/guided_forward.py`). At
 `guidance_scale=1` the teacher is then not the student, and the distillation loss is not zero where it must be.
 Rotary models only see position differences, so for them this changes nothing beyond float rounding.
 
