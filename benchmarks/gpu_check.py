@@ -97,12 +97,14 @@ SECTIONS = {
     "deepspeed_zero2": 240,
     "deepspeed_zero3": 240,
 }
-LORA = dict(
-    r=16,
-    lora_alpha=32,
-    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    task_type="CAUSAL_LM",
-)
+
+
+def default_job_lora() -> dict:
+    """The default job's LoRA (trl_diversity.defaults), so the figures are the default job's. Imported here, not at
+    the top: the driver runs before the package is installed on the GPU machine; only the sections import it."""
+    from trl_diversity.defaults import DEFAULT_JOB_LORA
+
+    return {**DEFAULT_JOB_LORA, "task_type": "CAUSAL_LM"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -447,7 +449,7 @@ def _train(ctx: Context, lora: bool) -> dict:
         args=args,
         train_dataset=load_prompts_dataset(64),
         processing_class=AutoTokenizer.from_pretrained(path),
-        peft_config=LoraConfig(**LORA) if lora else None,
+        peft_config=LoraConfig(**default_job_lora()) if lora else None,
     )
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     ctx.reset_peak_memory()
@@ -505,13 +507,12 @@ def section_train_lora_bf16(ctx: Context) -> dict:
 
 def _step_time(ctx: Context, size: str) -> dict:
     """Plain GRPOTrainer, then DiversityCFGTrainer, each alone on the GPU: median step and peak memory."""
+    # The CPU benchmark's recorder, timers and summaries (this script runs by path, so its folder is on sys.path).
+    import step_time
     import torch
     from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import step_time  # the CPU benchmark's recorder, timers and summaries
 
     from trl_diversity import DiversityCFGConfig, DiversityCFGTrainer
 
@@ -565,7 +566,7 @@ def _step_time(ctx: Context, size: str) -> dict:
         kwargs = dict(
             train_dataset=dataset,
             processing_class=AutoTokenizer.from_pretrained(path, padding_side="left"),
-            peft_config=LoraConfig(**LORA),
+            peft_config=LoraConfig(**default_job_lora()),
             callbacks=[step_time.make_callback(recorder)],
         )
         if label == "grpo":

@@ -43,6 +43,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from trl_diversity.defaults import DEFAULT_JOB_LORA
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -57,13 +59,8 @@ PARTS = (
     "distill_backward",
     "other",
 )
-# Same LoRA as the default job (trl_diversity.cli.train.DEFAULT_JOB).
-LORA = dict(
-    r=16,
-    lora_alpha=32,
-    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    task_type="CAUSAL_LM",
-)
+# The default job's LoRA (trl_diversity.defaults), so the figures are the default job's.
+LORA = {**DEFAULT_JOB_LORA, "task_type": "CAUSAL_LM"}
 
 
 class StepRecorder:

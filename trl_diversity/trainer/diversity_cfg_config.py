@@ -119,7 +119,7 @@ class DiversityCFGFields:
             "diversity, measured over the first diversity_target_warmup_steps batches) or 'initial*<factor>' (e.g. "
             "'initial*0.9'). A controller then moves the coefficient once per generation batch (not per optimizer "
             "step, under steps_per_generation or num_iterations > 1), starting from "
-            "diversity_coef (which must be > 0), multiplicatively by a factor of at most 1.02 a batch, within [diversity_coef/100, "
+            "diversity_coef (which must be > 0), multiplicatively by a factor of at most 1 + diversity_target_rate/5 a batch, within [diversity_coef/100, "
             "diversity_coef*100]; logged as diversity/coef and diversity/target. None: diversity_coef is fixed."
         },
     )

@@ -258,7 +258,7 @@ class DiversityCFGRLOOTrainer(DiversityCFGMixin, RLOOTrainer):
         # row, KL penalty included, would get a zero advantage. One zero column keeps every row scorable. Its weight
         # is RLOO's empty `reward_weights` (the user's lists stay as passed): `[N, 1] * [1, 0]` broadcasts to an
         # empty product, so the quality reward sums to 0 and `-beta * KL` still enters the leave-one-out advantages.
-        # (tests/test_rloo.py checks that the KL penalty survives.)
+        # (tests/trainer/test_rloo.py checks that the KL penalty survives.)
         return torch.zeros(global_size, 1, device=self.accelerator.device)
 
     def _log_zero_quality_reward(self, mode: str) -> None:

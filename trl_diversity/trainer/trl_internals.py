@@ -6,9 +6,9 @@ kernel directly. A TRL release may rename or change any of these without notice,
 - each one is imported here, and only here;
 - what has a safe replacement falls back to it (below, with the reason);
 - what has none fails at import with a message that names the missing part and the TRL version this was built on;
-- `tests/test_trl_contract.py` checks the rest, the hooks' names, signatures and meaning, and fails with a message
+- `tests/trainer/test_trl_contract.py` checks the rest, the hooks' names, signatures and meaning, and fails with a message
   naming the TRL change. The copy of GRPO's loss reduction (`normalization.py`) is checked against GRPO's own
-  `_compute_loss` there too (`tests/test_normalization.py`).
+  `_compute_loss` there too (`tests/trainer/test_normalization.py`).
 
 `pyproject.toml` pins TRL to the minor series these checks passed on (see the comment there).
 """
