@@ -83,6 +83,11 @@ RUNS = (
         "target initial, seed 1", Variant(diversity_target="initial", seed=1), seed_of="target initial (beta from 15)"
     ),
     Run(
+        "target initial*0.85, rate 0.5, seed 1",
+        Variant(diversity_target="initial*0.85", diversity_target_rate=0.5, seed=1),
+        seed_of="target initial*0.85, rate 0.5",
+    ),
+    Run(
         "beta = 15, forward KL, seed 1",
         Variant(distill_divergence="forward_kl", seed=1),
         seed_of="beta = 15, forward KL",

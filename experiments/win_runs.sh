@@ -46,4 +46,7 @@ run --finetunes_only --eval_prompts open --diversity_target 'initial*0.85' --div
 #    still averaged 0.058 below 0.513 over the second half (the collapse between batches 20 and 50 outran it).
 run --diversity_target 'initial*0.85' --diversity_target_rate 0.5 --endpoints_only
 run --finetunes_only --eval_prompts open --diversity_target 'initial*0.85' --diversity_target_rate 0.5
+# 10. Its second training seed (the seed-1 beta = 0 model is cached): does rate 0.5 hold a reachable target again?
+run --diversity_target 'initial*0.85' --diversity_target_rate 0.5 --seed 1 --endpoints_only
+run --finetunes_only --eval_prompts open --diversity_target 'initial*0.85' --diversity_target_rate 0.5 --seed 1
 echo "=== $(date -u +%H:%M:%S) all done"
