@@ -17,30 +17,8 @@ def test_train_runs_the_default_job_shape_on_a_tiny_model(tiny_checkpoint, tmp_p
     monkeypatch.setattr(train_command, "end_distributed_run", lambda a: calls.append("end") or end(a))
     monkeypatch.setattr(BeforeAfterReport, "measure_finetuned", lambda *a: calls.append("report") or measure(*a))
     out = tmp_path / "run"
-    cli.main(
-        [
-            "train",
-            "--model_name_or_path",
-            tiny_checkpoint,
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "2",
-            "--save_steps",
-            "1",
-            "--per_device_train_batch_size",
-            "4",
-            "--max_completion_length",
-            "8",
-            "--lora_target_modules",
-            "q_proj",
-            "v_proj",
-            "--report_prompts",
-            "2",
-            "--report_samples",
-            "2",
-        ]
-    )
+    flags = ["--max_steps", "2", "--save_steps", "1", "--report_prompts", "2", "--report_samples", "2"]
+    cli.main(["train", *tiny_train_argv(tiny_checkpoint, out, *flags)])
     assert (out / "adapter_config.json").is_file()  # the default job trains a LoRA adapter
     assert (out / "checkpoint-2").is_dir()
     assert calls == ["end", "report"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from documentation import guide, section
+from tiny_training import tiny_train_argv
 
 SCRIPT = Path(sys.executable).parent / "trl-diversity"
 pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="the trl-diversity console script is not installed")
@@ -24,24 +25,7 @@ pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="the trl-diversity 
 
 def tiny_training(model: str, output_dir) -> list[str]:
     """`train` flags for one quick step of a tiny model."""
-    return [
-        "train",
-        "--model_name_or_path",
-        model,
-        "--output_dir",
-        str(output_dir),
-        "--max_steps",
-        "1",
-        "--per_device_train_batch_size",
-        "4",
-        "--max_completion_length",
-        "4",
-        "--lora_target_modules",
-        "q_proj",
-        "v_proj",
-        "--report_prompts",
-        "0",
-    ]
+    return ["train", *tiny_train_argv(model, output_dir, "--max_completion_length", "4")]
 
 
 def run(*args, cwd=None, umask=None, timeout=120, **env):
