@@ -43,6 +43,7 @@ class Setup:
     num_iterations: int = 1
     gradient_accumulation_steps: int = 1
     num_generations: int = 4
+    mask_truncated_completions: bool = False  # TRL zeroes a truncated completion's mask whole
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -67,6 +68,7 @@ def setups(draw, families=tuple(["llama", *FAMILIES])) -> Setup:
         steps_per_generation=draw(st.sampled_from([accumulation, 2 * accumulation])),
         num_iterations=draw(st.sampled_from([1, 2])),
         num_generations=draw(st.sampled_from([2, 4])),
+        mask_truncated_completions=draw(st.booleans()),
     )
 
 
@@ -128,6 +130,7 @@ def training_settings(setup: Setup, output_dir: str, **overrides) -> dict:
         "num_iterations": setup.num_iterations,
         "beta": setup.beta,
         "disable_dropout": True,
+        "mask_truncated_completions": setup.mask_truncated_completions,
     }
     if setup.algorithm == "grpo":
         settings["loss_type"] = setup.loss_type

@@ -5,6 +5,7 @@ Several processes are simulated by threads that share an all-gather (the same co
 test_distributed.py.
 """
 
+import asyncio
 import math
 import re
 import sys
@@ -110,6 +111,34 @@ def test_a_batched_reward_gets_lists_of_groups_and_matches_the_unbatched_one():
     )
     assert all(rewards == unbatched for _, rewards in outcomes)
     assert sorted(received) == [["prompt 0"], ["prompt 1", "prompt 2"]]  # one call per process, disjoint groups
+
+
+def test_an_async_batched_reward_is_awaited_before_its_length_is_checked():
+    @batched_group_reward
+    async def judge(prompts, completions, **kwargs):
+        await asyncio.sleep(0)
+        return [rank_by_length(p, c) for p, c in zip(prompts, completions)]
+
+    expected = score_groups(rank_by_length, PROMPTS, COMPLETIONS, 4, processes=one_process())
+    assert score_groups(judge, PROMPTS, COMPLETIONS, 4, processes=one_process()) == expected
+
+
+def test_an_async_batched_reward_that_raises_is_named():
+    @batched_group_reward
+    async def judge(prompts, completions, **kwargs):
+        raise TimeoutError("the API did not answer")
+
+    with pytest.raises(GroupRewardError, match="'judge' raised TimeoutError"):
+        score_groups(judge, PROMPTS, COMPLETIONS, 4, processes=one_process())
+
+
+def test_an_async_batched_reward_returning_too_few_groups_is_named():
+    @batched_group_reward
+    async def judge(prompts, completions, **kwargs):
+        return [[0.0] * 4]
+
+    with pytest.raises(GroupRewardError, match="'judge' returned 1 values for 3 prompts"):
+        score_groups(judge, PROMPTS, COMPLETIONS, 4, processes=one_process())
 
 
 def three_values(prompt, completions, **kwargs):

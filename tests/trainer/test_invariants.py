@@ -34,7 +34,7 @@ from pathlib import Path
 import hypothesis.strategies as st
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from invariant_configs import Setup, build, logged, setups, snapshot
 from tiny_training import TIMING, assert_same_run
 
@@ -195,13 +195,15 @@ class RecordingGroupReward:
 @st.composite
 def logging_setups(draw):
     setup = draw(setups(families=("llama", "gpt2")))
-    return setup, draw(st.sampled_from([None, 0.5])), draw(st.booleans())
+    return setup, draw(st.sampled_from([None, 0.5])), draw(st.booleans()), draw(st.booleans())
 
 
 @in_folder
 def _check_logged_is_trained(drawn, folder: Path):
-    setup, target, quality = drawn
-    describe = setup.describe() + f", diversity_target={target}, quality reward={quality}"
+    setup, target, quality, weighted = drawn
+    describe = (
+        setup.describe() + f", diversity_target={target}, quality reward={quality}, quality x diversity={weighted}"
+    )
     reward = RecordingGroupReward()
     options = dict(
         diversity_reward="lexical",  # replaced below by the recording reward (no embedder loads)
@@ -209,6 +211,7 @@ def _check_logged_is_trained(drawn, folder: Path):
         diversity_target=target,
         diversity_target_warmup_steps=1,
         max_steps=3,
+        diversity_quality="teacher_likelihood" if weighted else "none",
     )
     if setup.algorithm == "rloo" and quality:
         options["normalize_advantages"] = True
@@ -233,8 +236,21 @@ def _check_logged_is_trained(drawn, folder: Path):
         original_add(output, rewards, mode)
         trained.extend(output["advantages"].tolist())
 
+    likelihoods = []
+    original_likelihood = trainer._teacher_likelihood
+
+    def likelihood(output):
+        q = original_likelihood(output)
+        likelihoods.extend(q.tolist())
+        return q
+
     trainer._add_diversity_advantages = add
+    trainer._teacher_likelihood = likelihood
     trainer.train()
+    # Quality x diversity scores every sample on the tokens it drew, a truncated one too:
+    # a tiny random model gives no real sample the likelihood 1 that an empty one gets.
+    assert bool(weighted) == bool(likelihoods), describe
+    assert all(0 < q < 1 for q in likelihoods), f"teacher likelihoods {likelihoods}: {describe}"
     # 4: the completions table's advantages and diversity rewards, and the logged coefficient, are the trained ones.
     table_advantages = list(trainer._logs["advantages"])
     assert table_advantages == pytest.approx(trained[-len(table_advantages) :], abs=1e-5), describe
@@ -246,6 +262,8 @@ def _check_logged_is_trained(drawn, folder: Path):
 
 @FEW
 @given(drawn=logging_setups())
+# Always among the few: quality x diversity with truncated completions masked whole.
+@example(drawn=(Setup(mask_truncated_completions=True), None, False, True))
 def test_what_is_logged_is_what_is_trained(drawn):
     _check_logged_is_trained(drawn)
 

@@ -168,16 +168,16 @@ class _Batch:
                 **{key: [values[self.rows(g)] for g in groups] for key, values in self.columns.items()},
                 **self.extra,
             )
+            if inspect.isawaitable(outputs):  # an async batched reward: awaited before its outputs are checked
+                outputs = _await_all([outputs])[0]
+                if isinstance(outputs, Exception):
+                    raise GroupRewardError(self.describe_failure(outputs, groups)) from outputs
             if not _is_sequence(outputs) or len(outputs) != len(groups):
                 raise GroupRewardError(
                     f"Batched group reward {self.name!r} returned {_describe(outputs)} for {len(groups)} prompts "
                     f"(prompts {groups.start} to {groups.stop - 1} of the batch); it must return one list of "
                     f"{self.k} rewards per prompt."
                 )
-            if inspect.isawaitable(outputs):  # an async batched reward
-                outputs = _await_all([outputs])[0]
-                if isinstance(outputs, Exception):
-                    raise GroupRewardError(self.describe_failure(outputs, groups)) from outputs
         else:
             outputs = []
             for group in groups:

@@ -53,7 +53,7 @@ from trl_diversity.trainer.model_card import name_local_base_model, name_local_f
 from trl_diversity.trainer.safety import NonFiniteStepGuard, ResumeNotice, SignalCheckpoint
 from trl_diversity.trainer.student_positions import positions_from_attention_mask
 from trl_diversity.trainer.teacher import CFGTeacher, teacher_model_is_missing
-from trl_diversity.trainer.teacher_quality import relative_to_group_best, teacher_likelihood
+from trl_diversity.trainer.teacher_quality import relative_to_group_best, sampled_token_mask, teacher_likelihood
 from trl_diversity.trainer.trl_internals import get_config_model_id
 from trl_diversity.trainer.validation import check_chat_template, check_distillation_inputs, check_prompt_dataset
 from trl_diversity.vllm_cpu import prepare_vllm
@@ -324,10 +324,18 @@ class DiversityCFGMixin:
 
     def _teacher_likelihood(self, output: dict) -> torch.Tensor:
         """`q_i` of every completion of the global batch (`[N]`, in the order of the group rewards)."""
+        # The tokens the student really sampled: TRL's `completion_mask` zeroes a truncated completion whole under
+        # `mask_truncated_completions`, and tool results are not the model's tokens.
+        sampled = sampled_token_mask(
+            output["completion_ids"],
+            output["completion_mask"],
+            self._tokenizer.pad_token_id,
+            output.get("tool_mask"),
+        )
         local = teacher_likelihood(
             output["teacher_hidden_states"],
             output["completion_ids"],
-            output["completion_mask"],
+            sampled,
             self.cfg_teacher.head(),
             self.cfg_teacher.logit_scale(),
         )

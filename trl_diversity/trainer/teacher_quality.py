@@ -50,6 +50,33 @@ def sampled_token_log_probs(
     return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
+def sampled_token_mask(
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    pad_id: int | None,
+    tool_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The tokens each completion really sampled (`[B, C]`, 1 where the model drew the token), from TRL's masks.
+
+    TRL's `completion_mask` is the sampled tokens, except under `mask_truncated_completions=True`, where TRL zeroes
+    the whole row of a truncated completion (one that ran into `max_completion_length` without an end-of-sequence
+    token). Such a row is the only one whose mask is all zero (every finished completion holds at least its
+    end-of-sequence token), and its tokens run up to its last non-padding token: a truncated completion ends on a
+    token that is neither padding nor end-of-sequence (TRL's own test for truncation), and only padding follows it.
+    Tool results (`tool_mask` 0) are not sampled by the model and are left out.
+    """
+    sampled = completion_mask.clone()
+    masked_whole = completion_mask.sum(-1) == 0
+    if bool(masked_whole.any()):
+        real = completion_ids[masked_whole] != pad_id if pad_id is not None else torch.ones_like(sampled[masked_whole])
+        positions = torch.arange(completion_ids.shape[1], device=completion_ids.device)
+        last = torch.where(real, positions, -1).amax(-1, keepdim=True)
+        sampled[masked_whole] = (positions <= last).to(sampled.dtype)
+    if tool_mask is not None:
+        sampled = sampled * tool_mask.to(sampled.dtype)
+    return sampled
+
+
 def teacher_likelihood(
     teacher_hidden: torch.Tensor,
     completion_ids: torch.Tensor,
@@ -60,8 +87,9 @@ def teacher_likelihood(
     """`q_i` of each completion (`[B]`): the geometric-mean probability of its tokens under the guided teacher.
 
     `teacher_hidden` (`[B, C, H]`) are the guided hidden states that predict `completion_ids` (`[B, C]`) position by
-    position; `completion_mask` (`[B, C]`) selects the tokens that count. An empty completion gets q = 1 (no
-    evidence against it)."""
+    position; `completion_mask` (`[B, C]`) selects the tokens that count: the tokens the model sampled
+    (`sampled_token_mask`), so a truncated completion is scored on its tokens like any other. A row with no token to
+    count gets q = 1 (no evidence against it)."""
     selected = completion_mask.bool()
     log_probs = sampled_token_log_probs(teacher_hidden[selected], head, completion_ids[selected], scale)
     per_token = torch.zeros(completion_mask.shape, dtype=torch.float32, device=log_probs.device)

@@ -26,6 +26,7 @@ from trl_diversity.trainer.divergence import head_rows
 from trl_diversity.trainer.hidden_states import language_model
 from trl_diversity.trainer.logit_scale import logit_scale, text_config
 from trl_diversity.trainer.teacher.guided_forward import guided_teacher_hidden_states
+from trl_diversity.trainer.teacher_quality import sampled_token_mask
 from trl_diversity.trainer.trl_internals import (
     create_model_from_path,
     disable_dropout_in_model,
@@ -197,7 +198,11 @@ class CFGTeacher:
             prompt_ids=output["prompt_ids"],
             prompt_mask=output["prompt_mask"],
             completion_ids=output["completion_ids"],
-            completion_mask=output["completion_mask"],
+            # The teacher reads every token the student sampled, also those of a completion that TRL masked whole
+            # (a truncated one, under `mask_truncated_completions`): the quality term scores it on them.
+            completion_mask=sampled_token_mask(
+                output["completion_ids"], output["completion_mask"], trainer._tokenizer.pad_token_id
+            ),
             unconditional_ids=self.unconditional_ids(conversational),
             guidance_scale=args.guidance_scale,
             pad_id=trainer._tokenizer.pad_token_id,
