@@ -26,6 +26,14 @@ from trl_diversity.data import load_prompts
 
 GIVEN = ("path", "memory", "memory_changed", "peft_model")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+# Guided teachers beyond plain CFG (None: plain CFG at guidance_scale); the tiny models have 2 layers.
+GUIDANCE_FORMS = (
+    None,
+    "2*null from 2",
+    '1*"{prompt} Give the most common, predictable answer."',
+    "1*null + 0.5*'{prompt} Be brief.'",
+    "1*layer:1",
+)
 LORA_TARGETS = {family: ["c_attn"] if family == "gpt2" else ["q_proj", "v_proj"] for family in ["llama", *FAMILIES]}
 
 
@@ -44,6 +52,7 @@ class Setup:
     gradient_accumulation_steps: int = 1
     num_generations: int = 4
     mask_truncated_completions: bool = False  # TRL zeroes a truncated completion's mask whole
+    guidance: str | None = None  # the teacher's guidance specification (None: plain CFG)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -69,6 +78,7 @@ def setups(draw, families=tuple(["llama", *FAMILIES])) -> Setup:
         num_iterations=draw(st.sampled_from([1, 2])),
         num_generations=draw(st.sampled_from([2, 4])),
         mask_truncated_completions=draw(st.booleans()),
+        guidance=draw(st.sampled_from(GUIDANCE_FORMS)),
     )
 
 
@@ -147,8 +157,11 @@ def build(setup: Setup, folder: Path, method: bool = True, trl: bool = False, re
         pass  # TRL's config has no method fields
     elif not method:
         settings.update(distill_coef=0.0, diversity_coef=0.0)
-    elif setup.teacher_is_checkpoint:
-        settings["teacher_model"] = path
+    else:
+        if setup.guidance is not None and "guidance_scale" not in overrides:
+            settings.setdefault("guidance", setup.guidance)
+        if setup.teacher_is_checkpoint:
+            settings["teacher_model"] = path
     if setup.algorithm == "grpo":
         trainer_class, config_class = (GRPOTrainer, GRPOConfig) if trl else (DiversityCFGTrainer, DiversityCFGConfig)
     else:

@@ -55,7 +55,23 @@ def keep_linear_weights_loadable() -> None:
     UnquantizedLinearMethod.process_weights_after_loading = process_weights_after_loading
 
 
+def check_vllm_installed(args) -> None:
+    """Refuse `use_vllm=True` where vLLM is not installed, in one line and before any model loads (TRL's own error
+    comes after the model has loaded, with a traceback, and proposes `trl[vllm]`, the CUDA build)."""
+    if getattr(args, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
+        from trl_diversity.errors import UserError
+
+        raise UserError(
+            "use_vllm=True (--use_vllm true) needs vLLM, which this environment does not have. Build the vLLM "
+            "environment with `bash scripts/setup_vllm.sh` and run from it (`.venv-vllm/bin/trl-diversity train ...`, "
+            "`.venv-vllm/bin/python`; not `pip install trl[vllm]`, the CUDA build: docs/guide/vllm.md), or drop "
+            "use_vllm to generate with transformers."
+        )
+
+
 def prepare_vllm(args) -> None:
-    """Before TRL builds its colocated vLLM engine: on a CPU, keep the weights loadable. Nothing otherwise."""
+    """Before TRL builds its vLLM engine: refuse `use_vllm` without vLLM; on a CPU in colocate mode, keep the weights
+    loadable. Nothing otherwise."""
+    check_vllm_installed(args)
     if getattr(args, "use_vllm", False) and args.vllm_mode == "colocate" and vllm_runs_on_cpu():
         keep_linear_weights_loadable()

@@ -185,3 +185,20 @@ def test_dial_command_end_to_end(tiny_checkpoint, finetunes, tmp_path):
 
     again = run("--target", "adherence=0.5", "--output", tmp_path / "dialed")
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_a_pair_that_is_not_one_adapter_is_refused_before_any_point_is_evaluated(
+    tiny_checkpoint, finetunes, tmp_path, monkeypatch
+):
+    """Each dial point is evaluated as one LoRA adapter (rank r_a + r_b); a DoRA finetune has no such adapter, and
+    the dial says so at once rather than after minutes of bisection."""
+    torch.manual_seed(3)
+    config = LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_checkpoint), config).save_pretrained(tmp_path / "dora")
+    monkeypatch.setattr(sweep_module, "PointEvaluator", lambda *a, **k: pytest.fail("a point was evaluated"))
+    settings = _settings(tiny_checkpoint, (finetunes[0], str(tmp_path / "dora")), tmp_path / "cache")
+    with pytest.raises(UserError) as refused:
+        dial(settings, Target("adherence", 0.5), tmp_path / "out")
+    message = str(refused.value)
+    assert "\n" not in message and "is a DoRA adapter" in message and "--merged" in message
+    assert not (tmp_path / "out").exists()

@@ -80,3 +80,32 @@ def test_a_file_cut_short_is_a_one_line_error(tmp_path, capsys):
         capsys, ["evaluate", str(path), "--fluency_model", "none", "--output", str(tmp_path / "e.json")]
     )
     assert "line 5, is not JSON" in message
+
+
+def test_files_of_one_model_are_a_row_each_never_pooled(tmp_path, capsys):
+    """Seed 0, seed 1 and temperature 0.7 files of one model (one label, `default`) used to become a single row with
+    their samples pooled (12 per prompt); each file is now a row of its own, named after the file."""
+    paths = [
+        _fake_generations(tmp_path / f"{name}.jsonl", "default", num_prompts=3, k=4)
+        for name in ("seed0", "seed1", "t0.7")
+    ]
+    other = _fake_generations(tmp_path / "other.jsonl", "other", num_prompts=3, k=4)
+    cli.main(["evaluate", *paths, other, "--no_fluency", "--output", str(tmp_path / "eval.json")])
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert list(summary) == ["default (seed0.jsonl)", "default (seed1.jsonl)", "default (t0.7.jsonl)", "other"]
+    assert {entry["samples_per_prompt"] for entry in summary.values()} == {4}
+    assert all(entry["metrics"]["partitions"]["mean"] <= 4 for entry in summary.values())
+    assert "fluency_nll" not in summary["other"]["metrics"]  # --no_fluency, as in sweep and dial
+
+
+def test_a_file_given_twice_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    path = _fake_generations(tmp_path / "a.jsonl", "a", num_prompts=2, k=2)
+    monkeypatch.chdir(tmp_path)
+    message = _refusal(capsys, ["evaluate", path, "a.jsonl", "--no_fluency", "--output", str(tmp_path / "e.json")])
+    assert "generations file a.jsonl is given twice" in message and "pass each file once" in message
+
+
+def test_no_fluency_with_a_fluency_model_is_refused(tmp_path, capsys):
+    path = _fake_generations(tmp_path / "a.jsonl", "a", num_prompts=2, k=2)
+    argv = ["evaluate", path, "--no_fluency", "--fluency_model", "gpt2", "--output", str(tmp_path / "e.json")]
+    assert "--no_fluency" in _refusal(capsys, argv)

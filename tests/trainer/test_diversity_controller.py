@@ -500,3 +500,47 @@ def test_a_real_trainer_resumes_with_a_controller_from_a_checkpoint_saved_withou
     assert sorted(coefs) == [4, 5, 6] and trainer.state.global_step == 6
     stored = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())["stateful_callbacks"]
     assert stored["DiversityControllerCallback"]["attributes"]["controller_state"]["coef"] == coefs[6]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A run shorter than the warm-up
+
+
+def _training(max_steps, accumulation=1, steps_per_generation=None, num_iterations=1):
+    return SimpleNamespace(
+        max_steps=max_steps,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=steps_per_generation,
+        num_iterations=num_iterations,
+    )
+
+
+def test_a_run_shorter_than_the_warm_up_of_an_initial_target_warns_once_at_train_start(caplog):
+    """`--max_steps 2` with the 10-batch warm-up: the target is never set and the coefficient stays at 15, which no
+    line used to say."""
+    callback = DiversityControllerCallback(DiversityCoefController("initial*0.9", 15.0))
+    state = TrainerState(stateful_callbacks=[callback, TrainerControl()])
+    state.max_steps = 2
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        callback.on_train_begin(_training(2), state, TrainerControl())
+    assert caplog.text.count("never ends") == 1
+    assert "warm-up of 10 generation batches" in caplog.text and "this run has 2 more" in caplog.text
+    assert "coefficient stays at 15" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "target, training, warns",
+    [
+        ("initial", _training(10), False),  # exactly the warm-up
+        (0.5, _training(2), False),  # a numeric target has no warm-up
+        ("initial", _training(5, accumulation=4, steps_per_generation=2), False),  # 2 generation batches a step
+        ("initial", _training(20, num_iterations=2), False),  # one generation batch every 2 steps: 10 in all
+        ("initial", _training(17, num_iterations=2), True),  # 9 generation batches
+    ],
+)
+def test_the_warm_up_warning_counts_generation_batches(target, training, warns, caplog):
+    callback = DiversityControllerCallback(DiversityCoefController(target, 15.0))
+    state = TrainerState(stateful_callbacks=[callback, TrainerControl()])
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        callback.on_train_begin(training, state, TrainerControl())
+    assert ("never ends" in caplog.text) == warns

@@ -10,8 +10,8 @@ given, LoRA, algorithm, beta, prompt lengths, teacher, loss type, batch schedule
 
 The invariants:
 
-1. Identity at guidance_scale=1: the teacher is the initial policy, so at learning_rate=0 every logged
-   divergence is 0 to float tolerance.
+1. Identity at guidance_scale=1, and for every guidance form at weight 0: the teacher is the initial policy, so at
+   learning_rate=0 every logged divergence is 0 to float tolerance.
 2. Method off is TRL: with distill_coef=0 and diversity_coef=0 the trainer logs and trains exactly as TRL's.
 3. The teacher and the base never move: the teacher's guided hidden states are bit-identical before and after
    training, and a LoRA run leaves every base weight untouched.
@@ -26,6 +26,7 @@ The invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import threading
@@ -35,9 +36,10 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
-from invariant_configs import Setup, build, logged, setups, snapshot
+from invariant_configs import GUIDANCE_FORMS, Setup, build, logged, setups, snapshot
 from tiny_training import TIMING, assert_same_run
 
+from trl_diversity.guidance import parse_guidance
 from trl_diversity.rewards import LexicalDiversity, PartitionDiversity
 from trl_diversity.rewards.group import score_groups
 
@@ -67,9 +69,17 @@ def in_folder(check):
 # 1. Identity at guidance_scale=1
 
 
+def at_weight_zero(guidance: str) -> str:
+    """The same guidance with every weight 0: the unguided model."""
+    spec = parse_guidance(guidance)
+    return str(type(spec)(tuple(dataclasses.replace(n, weight=0.0) for n in spec.negatives), spec.start))
+
+
 @in_folder
 def check_identity(setup: Setup, folder: Path):
-    trainer = build(setup, folder, guidance_scale=1.0, learning_rate=0.0, diversity_reward="lexical")
+    # The identity of every form: plain CFG at gamma = 1, and each guidance form with its weights set to 0.
+    identity = {"guidance": at_weight_zero(setup.guidance)} if setup.guidance else {"guidance_scale": 1.0}
+    trainer = build(setup, folder, learning_rate=0.0, diversity_reward="lexical", **identity)
     trainer.train()
     divergences = logged(trainer, "distill/divergence")
     assert divergences, setup.describe()
@@ -78,6 +88,10 @@ def check_identity(setup: Setup, folder: Path):
 
 @FEW
 @given(setup=setups())
+@example(setup=Setup(guidance=GUIDANCE_FORMS[1]))  # every guidance form is always among the few
+@example(setup=Setup(guidance=GUIDANCE_FORMS[2], family="gpt2"))
+@example(setup=Setup(guidance=GUIDANCE_FORMS[3], lora=True))
+@example(setup=Setup(guidance=GUIDANCE_FORMS[4], algorithm="rloo"))
 def test_identity_at_guidance_scale_one(setup):
     check_identity(setup)
 
@@ -125,7 +139,8 @@ def test_method_off_is_trl_wide(setup):
 def teacher_probe(trainer) -> torch.Tensor:
     """The teacher's guided hidden states on a fixed batch: what the distillation target is made of."""
     tokenizer = trainer.processing_class
-    prompts = [tokenizer(text)["input_ids"] for text in ("write a poem about the sea", "a story")]
+    texts = ("write a poem about the sea", "a story")
+    prompts = [tokenizer(text)["input_ids"] for text in texts]
     width = max(map(len, prompts))
     output = {
         "prompt_ids": torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
@@ -133,7 +148,7 @@ def teacher_probe(trainer) -> torch.Tensor:
         "completion_ids": torch.tensor([[7, 8, 9], [10, 11, 0]]),
         "completion_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
     }
-    return trainer.cfg_teacher.hidden_states(output, conversational=False)
+    return trainer.cfg_teacher.hidden_states(output, conversational=False, prompts=list(texts))
 
 
 def base_weights(trainer) -> dict[str, torch.Tensor]:

@@ -145,6 +145,7 @@ def _sampling(args):
         num_samples=args.num_samples,
         max_new_tokens=args.max_new_tokens,
         guidance_scale=args.guidance_scale,
+        guidance=getattr(args, "guidance", None),
         null_prompt=args.unconditional_prompt,
         chat=not args.no_chat,
         chat_template_kwargs=args.chat_template_kwargs,
@@ -158,11 +159,37 @@ def _sampling(args):
 
 
 def _label(args, name: str, label: str | None = None) -> str:
-    return label or (name if args.guidance_scale == 1 else f"{name} + CFG {args.guidance_scale:g}")
+    if label:
+        return label
+    if getattr(args, "guidance", None) is not None:
+        return f"{name} + guidance {args.guidance}"
+    return name if args.guidance_scale == 1 else f"{name} + CFG {args.guidance_scale:g}"
 
 
-def _generate(args, name: str, prompts: list[str]) -> tuple[dict, list[dict]]:
-    """The header and records of `name`'s samples, with the prompt, sampling and CFG options of `args`."""
+def _guidance_argument(parser) -> None:
+    parser.add_argument(
+        "--guidance",
+        type=_guidance,
+        default=None,
+        help="a guided teacher beyond plain CFG, as the trainer's `guidance` field writes it: terms WEIGHT*NEGATIVE "
+        "joined by +, NEGATIVE null, a quoted text ({prompt} is the prompt) or layer:N, then optionally 'from M' "
+        "(e.g. '2*null from 4'); instead of --guidance_scale",
+    )
+
+
+def _guidance(text: str) -> str:
+    from trl_diversity.guidance import parse_guidance
+
+    try:
+        parse_guidance(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _generate(args, name: str, prompts: list[str], label: str | None = None) -> tuple[dict, list[dict]]:
+    """The header and records of `name`'s samples, with the prompt, sampling and CFG options of `args`, labelled
+    `label` (None: the model's name, and its CFG scale)."""
     from trl_diversity.toolkit.generation import (
         generate_batches,
         generation_header,
@@ -171,7 +198,7 @@ def _generate(args, name: str, prompts: list[str]) -> tuple[dict, list[dict]]:
     )
 
     model, tokenizer = load_generation_model(name)
-    label, sampling = _label(args, name), _sampling(args)
+    label, sampling = _label(args, name, label), _sampling(args)
     header = generation_header(
         label, prompts, sampling, {"model": name}, generation_config=sampling_config(model, tokenizer, sampling)
     )
@@ -192,6 +219,7 @@ def generate(argv: list[str]) -> None:
     parser.add_argument(
         "--guidance_scale", type=_positive_float, default=1.0, help="CFG scale; 1 = no guidance (1 pass / token)"
     )
+    _guidance_argument(parser)
     parser.add_argument("--label", default=None, help="model name recorded in the output (None: --model)")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     _prompt_arguments(parser)
@@ -238,6 +266,7 @@ def evaluate(argv: list[str]) -> None:
     parser.add_argument(
         "--guidance_scale", type=_positive_float, default=1.0, help="CFG scale for --model generations"
     )
+    _guidance_argument(parser)
     parser.add_argument("--save_generations", default=None, help="JSONL file for the --model generations")
     parser.add_argument(
         "--embedder",
@@ -247,6 +276,9 @@ def evaluate(argv: list[str]) -> None:
     )
     parser.add_argument(
         "--fluency_model", default="default", help="unguided base model for the fluency NLL ('none' to skip)"
+    )
+    parser.add_argument(
+        "--no_fluency", action="store_true", help="skip the fluency NLL (as in sweep and dial; = --fluency_model none)"
     )
     parser.add_argument(
         "--reward",
@@ -272,25 +304,38 @@ def evaluate(argv: list[str]) -> None:
         parser.error("give generation files, or --model to generate from")
     for path in args.generations:
         check_file(path, "generations file", "JSONL files written by `trl-diversity generate`")
+    names = source_names(args.generations)
     for name in args.model:
         check_model(name, "--model")
+        if args.model.count(name) > 1:
+            raise UserError(f"--model {name} is given twice; pass each model once.")
     if args.model:
         _check_prompts(args.prompts)
     check_embedder(args.embedder, "--embedder")
+    if args.no_fluency:
+        if args.fluency_model.lower() not in ("default", "none"):
+            parser.error(
+                f"--no_fluency skips the fluency NLL that --fluency_model {args.fluency_model} is for: drop one"
+            )
+        args.fluency_model = "none"
     if args.fluency_model.lower() != "none":
         check_model(args.fluency_model, "--fluency_model")
     if args.reward:
         _check_reward(args.reward)
 
     from trl_diversity.atomic import write_text_atomic
-    from trl_diversity.toolkit.evaluation import align_records, load_reward, markdown_table, summarize
+    from trl_diversity.toolkit.evaluation import align_records, load_reward, markdown_table, row_labels, summarize
     from trl_diversity.toolkit.generation import load_generation_model, read_generations
 
+    files = [(name, *read_generations(path)) for name, path in zip(names, args.generations)]
+    # A model label that several files hold (seeds, temperatures of one model) is a row per file, never one row.
+    generated = {name: _label(args, name) for name in args.model}
+    sources = {name: [line["model"] for line in [*lines, *samples]] for name, lines, samples in files}
+    rows = row_labels({**sources, "generated": list(generated.values())})
     headers, records = {}, []
-    for path in args.generations:
-        file_headers, file_records = read_generations(path)
-        headers.update((header["model"], header) for header in file_headers)
-        records += file_records
+    for name, file_headers, file_records in files:
+        headers.update((rows[name, header["model"]], header) for header in file_headers)
+        records += [{**record, "model": rows[name, record["model"]]} for record in file_records]
     align = {"shared_prompts_only": args.shared_prompts_only, "truncate_k": args.truncate_k}
     if not args.model:
         align_records(records, **align)  # refuse files that cannot be compared before any model loads
@@ -300,10 +345,10 @@ def evaluate(argv: list[str]) -> None:
         prompts = load_prompt_list(args.prompts, args.num_prompts)
         lines = []
         for name in args.model:
-            header, generated = _generate(args, name, prompts)
+            header, samples = _generate(args, name, prompts, rows["generated", generated[name]])
             headers[header["model"]] = header
-            records += generated
-            lines += [header, *generated]
+            records += samples
+            lines += [header, *samples]
         if args.save_generations:
             write_jsonl(lines, args.save_generations)
         align_records(records, **align)
@@ -330,6 +375,21 @@ def evaluate(argv: list[str]) -> None:
     print(table)
 
 
+def source_names(paths: list[str]) -> list[str]:
+    """How each generations file is named in a row label (`default (seed1.jsonl)`, see `evaluation.row_labels`): its
+    file name, or the path as given where two files share a name. A file given twice is refused: its samples would
+    be pooled with themselves (a self-BLEU of 100)."""
+    seen: dict[Path, str] = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            again = "" if seen[resolved] == path else f" (as {seen[resolved]} before)"
+            raise UserError(f"generations file {path} is given twice{again}; pass each file once.")
+        seen[resolved] = path
+    names = [Path(path).name for path in paths]
+    return [name if names.count(name) == 1 else path for name, path in zip(names, paths)]
+
+
 def _check_reward(spec: str) -> None:
     if ":" in spec and not spec.startswith(("/", ".")):
         from trl_diversity.importing import import_callable
@@ -342,14 +402,22 @@ def _check_reward(spec: str) -> None:
 
 def merge(argv: list[str]) -> None:
     parser = CommandParser(
-        prog="trl-diversity merge", description="Write (1 - w) * A + w * B for two checkpoints or two LoRA adapters."
+        prog="trl-diversity merge",
+        description="Write (1 - w) * A + w * B for two checkpoints or two LoRA adapters. Two LoRA adapters of one base "
+        "give one LoRA adapter of rank r_A + r_B that is exactly the interpolation (serve each dial point as an "
+        "adapter on one base); --merged writes a full checkpoint instead.",
     )
     parser.add_argument("model_a", help="weight 0: e.g. the quality-focused finetune")
     parser.add_argument("model_b", help="weight 1: e.g. the diversity-focused finetune")
     parser.add_argument("--weight", type=_weight, required=True, help="w in [0, 1]")
     parser.add_argument("--output", required=True, help="folder to write")
     parser.add_argument("--base", default=None, help="LoRA: the base model (None: from the adapters' configs)")
-    parser.add_argument("--merged", action="store_true", help="LoRA: write a full checkpoint instead of an adapter")
+    parser.add_argument(
+        "--merged",
+        action="store_true",
+        help="LoRA: write a full checkpoint instead of an adapter (needed for adapters that are not plain LoRA: "
+        "DoRA, modules_to_save, trained biases)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
     check_model(args.model_a, "model_a", base_given=args.base is not None)

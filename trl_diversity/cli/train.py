@@ -31,6 +31,7 @@ from trl_diversity.cli.arguments import (
     check_embedder,
     check_model,
     find_unknown_flags,
+    hub_offline,
     looks_like_path,
     siblings,
     unknown_arguments_message,
@@ -44,6 +45,7 @@ from trl_diversity.defaults import (
 from trl_diversity.errors import UserError, closest, did_you_mean
 from trl_diversity.importing import IMPORT_PATH, import_callable
 from trl_diversity.trainer.shutdown import end_distributed_run
+from trl_diversity.vllm_cpu import check_vllm_installed
 
 if typing.TYPE_CHECKING:
     from trl_diversity.trainer.diversity_cfg_config import DiversityCFGConfig
@@ -367,11 +369,57 @@ def check_values(values: dict) -> None:
                 f"--dataset_name {dataset} does not exist; {suggestion} a .json/.jsonl/.csv/.parquet file or a folder "
                 "with a `prompt` column, a hub dataset id, or leave it unset for the bundled prompts."
             )
+        if hub_offline() and not dataset_is_cached(dataset):
+            raise UserError(
+                f"--dataset_name {dataset} is not a local file or folder, and the hub is offline (HF_HUB_OFFLINE) with "
+                f"no cached copy of it; {DATASET_KINDS}, or unset HF_HUB_OFFLINE to download it."
+            )
     check_output_dir(
         values.get("output_dir") or "trainer_output",
         values.get("resume_from_checkpoint"),
         bool(values.get("overwrite_output_dir")),
     )
+
+
+DATASET_KINDS = (
+    "pass a .json/.jsonl/.csv/.parquet file or a folder with a `prompt` column (or leave it unset for the bundled "
+    "prompts)"
+)
+
+
+def dataset_is_cached(name: str) -> bool:
+    """Whether a hub dataset id has a local copy that `load_dataset` can use offline: a snapshot in the hub cache, or
+    a prepared copy in the datasets cache (the paths `datasets.config` uses, without its one-second import)."""
+    from huggingface_hub import constants
+
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
+    return (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir() or (
+        datasets_cache / name.replace("/", "___")
+    ).is_dir()
+
+
+def check_hub_dataset(name: str) -> None:
+    """A hub dataset id with no local copy: ask the hub once, quickly, whether it has it, so that a wrong name or an
+    unreachable hub is one line at once rather than `load_dataset`'s traceback after five retries (28 s)."""
+    if Path(name).exists() or dataset_is_cached(name) or hub_offline():
+        return
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().dataset_info(name, timeout=10)
+    except GatedRepoError:
+        return  # it exists: `load_dataset` says what access it needs
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"--dataset_name {name} is not a local file or folder, and the hub has no dataset of that name (or it is "
+            f"private: log in with `hf auth login`); {DATASET_KINDS}."
+        ) from None
+    except Exception as error:  # the hub is unreachable: no network, a proxy, a timeout
+        raise UserError(
+            f"--dataset_name {name} is not a local file or folder, nor a cached dataset, and the hub cannot be reached "
+            f"({type(error).__name__}: {error}); {DATASET_KINDS}, or retry where the hub is reachable."
+        ) from None
 
 
 def check_output_dir(output_dir: str, resume: str | None, overwrite: bool) -> None:
@@ -429,6 +477,7 @@ def check_arguments(script_args, training_args, model_args) -> None:
             "overwrite_output_dir": script_args.overwrite_output_dir,
         }
     )
+    check_vllm_installed(training_args)  # before the base model is measured for the before/after table
     if training_args.distill_coef == 0 and training_args.diversity_coef == 0:
         raise UserError(
             "Nothing to train on: --distill_coef 0 and --diversity_coef 0. Set --distill_coef > 0 (CFG "
@@ -504,10 +553,12 @@ def load_checked_dataset(script_args: TrainScriptArguments):
     """The training prompts, checked (a `prompt` column, no empty prompt) before any model loads."""
     from trl_diversity.trainer.validation import check_prompt_dataset
 
+    if script_args.dataset_name is not None:
+        check_hub_dataset(script_args.dataset_name)
     try:
         dataset = load_train_dataset(script_args)
         check_prompt_dataset(dataset, f"--dataset_name {script_args.dataset_name}")
-    except FileNotFoundError as error:  # datasets' "not found" errors, e.g. an unknown hub dataset
+    except (FileNotFoundError, ConnectionError) as error:  # datasets' "not found" and "couldn't reach" errors
         raise UserError(f"--dataset_name {script_args.dataset_name}: {error}") from error
     except ValueError as error:
         raise UserError(str(error)) from error
@@ -526,23 +577,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"--overwrite_output_dir: deleted {', '.join(deleted)} from {training_args.output_dir}")
     load_checked_dataset(script_args)  # a bad dataset fails before the base model is measured
 
-    report = None
-    if script_args.report_prompts > 0:
-        from transformers import AutoTokenizer
-
-        from trl_diversity.toolkit.report import BeforeAfterReport
-
-        model_path = resolve_model(model_args.model_name_or_path)
-        report = BeforeAfterReport(
-            training_args,
-            AutoTokenizer.from_pretrained(model_path, padding_side="left"),
-            script_args.report_prompts,
-            script_args.report_samples,
-            chat=script_args.prompt_format == "conversational",
-        )
-        report.measure_base(model_path)
-
+    report = measure_base_for_report(script_args, training_args, model_args)
     trainer = build_trainer(script_args, training_args, model_args)
+    if trainer.accelerator.is_main_process:
+        print_quality_reward_note(trainer)
     interrupted = _train_and_save(trainer, training_args, model_args)
     sharded = _sharded(trainer)
     # Every rank, after its last collective; not in a `finally`: after an error on one rank, its barrier would wait
@@ -566,6 +604,51 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(training_args.output_dir)
     write_text_atomic(out / "before_after.md", table + "\n")
     write_text_atomic(out / "before_after.json", json.dumps(report.rows, indent=2) + "\n")
+
+
+def measure_base_for_report(script_args: TrainScriptArguments, training_args, model_args):
+    """The before/after table with its base rows measured (sampled before training, with a line saying why), on the
+    first process only: under `accelerate launch` the others would sample the same rows again. None with
+    `--report_prompts 0`, and on the other processes."""
+    if script_args.report_prompts <= 0 or not _first_process():
+        return None
+    from transformers import AutoTokenizer
+
+    from trl_diversity.toolkit.report import BeforeAfterReport
+
+    model_path = resolve_model(model_args.model_name_or_path)
+    report = BeforeAfterReport(
+        training_args,
+        AutoTokenizer.from_pretrained(model_path, padding_side="left"),
+        script_args.report_prompts,
+        script_args.report_samples,
+        chat=script_args.prompt_format == "conversational",
+    )
+    print(
+        f"Before training: sampling the base model, without and with CFG {training_args.guidance_scale:g}, on "
+        f"{len(report.prompts)} evaluation prompts for the before/after table printed at the end "
+        "(--report_prompts 0 skips it).",
+        flush=True,
+    )
+    report.measure_base(model_path)
+    return report
+
+
+def print_quality_reward_note(trainer) -> None:
+    """Say once, at train start, why GRPO's `reward` columns stay constant when there is no quality reward (the
+    command line takes none), and where the method's own signal is logged."""
+    if trainer.reward_funcs:
+        return
+    logged = [
+        *(["`distill/divergence`"] if trainer.args.distill_coef > 0 else []),
+        "`diversity/reward/mean`",
+        "`diversity/advantage_abs`",
+    ]
+    print(
+        "No quality reward: the logs' `reward` and `reward_std` stay 0 and `frac_reward_zero_std` 1 (TRL's columns "
+        f"for quality rewards). The method's signal is logged as {', '.join(logged)} (docs/guide/method.md).",
+        flush=True,
+    )
 
 
 def _train_and_save(trainer, training_args, model_args) -> int | None:

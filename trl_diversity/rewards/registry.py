@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from trl_diversity.errors import UserError
+from trl_diversity.errors import UserError, did_you_mean
 from trl_diversity.importing import IMPORT_PATH, import_callable
 
 BUILTIN_GROUP_REWARDS = ("embedding", "lexical", "partition")
@@ -18,9 +18,10 @@ def check_group_reward_name(spec: str, field: str = "diversity_reward") -> None:
     """Reject a malformed name without importing anything (configs are checked before any model loads)."""
     if spec in BUILTIN_GROUP_REWARDS or (isinstance(spec, str) and IMPORT_PATH.match(spec)):
         return
+    suggestion = did_you_mean(spec, BUILTIN_GROUP_REWARDS) if isinstance(spec, str) else ""
     raise UserError(
-        f"Unknown {field} {spec!r}. Choose a built-in ({', '.join(BUILTIN_GROUP_REWARDS)}) or give your own group "
-        "reward as 'module:function' (importable from the working directory or the Python path)."
+        f"Unknown {field} {spec!r}{suggestion or '.'} Choose a built-in ({', '.join(BUILTIN_GROUP_REWARDS)}) or give "
+        "your own group reward as 'module:function' (importable from the working directory or the Python path)."
     )
 
 

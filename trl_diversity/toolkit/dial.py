@@ -144,12 +144,21 @@ def dial(
     minutes on a CPU).
     """
     from trl_diversity.atomic import write_text_atomic
-    from trl_diversity.toolkit.merging import lerp_merge
+    from trl_diversity.toolkit.merging import check_lerp_pair, concatenation_refusal, lerp_merge
     from trl_diversity.toolkit.sweep import PointEvaluator
 
     output = Path(output_dir)
     if output.exists() and not overwrite:
         raise UserError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it.")
+    # Refuse a pair that cannot be merged before any point is evaluated (minutes each), not after the bisection.
+    check_lerp_pair(settings.model_a, settings.model_b, base=settings.base, merged=True)
+    refusal = concatenation_refusal(settings.model_a, settings.model_b)
+    if refusal is not None:
+        raise UserError(
+            f"The dial evaluates each weight as one LoRA adapter, and this pair's interpolation is not one: {refusal}. "
+            "Merge each adapter into its base (`trl-diversity merge ADAPTER ADAPTER --weight 0 --merged --output "
+            "FOLDER`) and dial the two full checkpoints."
+        )
     evaluate = PointEvaluator(settings, keep_models=False)
     cached: set[float] = set()
     points: dict[float, dict] = {}

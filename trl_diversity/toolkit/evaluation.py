@@ -51,6 +51,22 @@ LOAD_NOTE = (
 )
 
 
+def row_labels(sources: dict[str, list[str]]) -> dict[tuple[str, str], str]:
+    """The row of each (source, model label), `sources` mapping a source's name (a file's: see `trl_diversity.cli.commands.source_names`) to the
+    model labels it holds: the model label itself, or, when another source holds that label too, the label followed
+    by the source's name (`default (seed1.jsonl)`). Samples of one model made with other settings (a seed, a
+    temperature) are then never pooled into one row."""
+    holders: dict[str, list[str]] = defaultdict(list)
+    for name, labels in sources.items():
+        for label in dict.fromkeys(labels):
+            holders[label].append(name)
+    return {
+        (name, label): label if len(holders[label]) == 1 else f"{label} ({name})"
+        for name, labels in sources.items()
+        for label in labels
+    }
+
+
 def group_records(records: list[dict]) -> dict[str, dict[str, list[dict]]]:
     """model label -> prompt -> its records, in first-seen order."""
     grouped: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))

@@ -42,6 +42,9 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from trl_diversity.atomic import write_text_atomic
 from trl_diversity.defaults import resolve_model
 from trl_diversity.errors import UserError
+from trl_diversity.guidance import parse_guidance
+from trl_diversity.guidance.contexts import negative_context
+from trl_diversity.toolkit.guided_sampling import GuidedLogitsProcessor, guided_generate_kwargs
 
 FORMAT = "trl-diversity-generations"  # the "format" of a file's header line
 # 1: no header; 2: a header line, one seed per batch of prompts; 3: a header line, one seed per run (the samples of 1)
@@ -60,6 +63,7 @@ class Sampling:
     num_samples: int = 4
     max_new_tokens: int = 48
     guidance_scale: float = 1.0
+    guidance: str | None = None  # a guidance specification (trl_diversity/guidance/spec.py), instead of guidance_scale
     null_prompt: str = ""
     chat: bool = True
     chat_template_kwargs: dict | None = None
@@ -69,6 +73,15 @@ class Sampling:
     repetition_penalty: float = 1.0  # 1: off
     seed: int | None = 0
     prompts_per_batch: int = 4
+
+    def __post_init__(self):
+        if self.guidance is not None:
+            if self.guidance_scale != 1.0:
+                raise UserError(
+                    f"Set guidance or guidance_scale, not both (guidance={self.guidance!r}, guidance_scale="
+                    f"{self.guidance_scale:g}): guidance_scale=G is guidance='{self.guidance_scale - 1:g}*null'."
+                )
+            parse_guidance(self.guidance)  # an invalid specification is refused before any model loads
 
 
 def render_prompt(
@@ -137,7 +150,7 @@ def sampling_config(
         eos_token_id=eos_ids,
         use_cache=True,
     )
-    if sampling.guidance_scale != 1.0:
+    if sampling.guidance_scale != 1.0 and sampling.guidance is None:
         config.guidance_scale = sampling.guidance_scale
     return config
 
@@ -210,18 +223,35 @@ def _decode(text: str) -> torch.Tensor:
 def _sample_batch(
     model, tokenizer, config: GenerationConfig, prompts: list[str], start: int, sampling: Sampling, label: str
 ):
-    k, template, cfg = sampling.num_samples, sampling.chat_template_kwargs, sampling.guidance_scale != 1.0
+    k, template = sampling.num_samples, sampling.chat_template_kwargs
     rows = [render_prompt(tokenizer, p, sampling.chat, template) for p in prompts for _ in range(k)]
     width = max(len(r) for r in rows)
     device = next(model.parameters()).device
     ids = torch.tensor([[config.pad_token_id] * (width - len(r)) + r for r in rows], device=device)  # left padding
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-    extra = {}
-    if cfg:
-        null_ids = unconditional_ids(tokenizer, sampling.null_prompt, sampling.chat, template)
-        extra["negative_prompt_ids"] = torch.tensor([null_ids] * len(rows), device=device)
     started = time.perf_counter()
-    output = _generate(model, config, input_ids=ids, attention_mask=mask, **extra)
+    if sampling.guidance is not None:
+        spec = parse_guidance(sampling.guidance)
+        negative_ids = [
+            [
+                render_prompt(tokenizer, negative_context(negative, p, sampling.null_prompt), sampling.chat, template)
+                or unconditional_ids(tokenizer, sampling.null_prompt, sampling.chat, template)
+                for p in prompts
+                for _ in range(k)
+            ]
+            for negative in spec.context_negatives
+        ]
+        with GuidedLogitsProcessor(model, spec, negative_ids, width, config.pad_token_id) as processor:
+            guided_config, extra = guided_generate_kwargs(config, processor)
+            output = _generate(model, guided_config, input_ids=ids, attention_mask=mask, **extra)
+        passes = spec.forward_passes_per_token()
+    else:
+        extra = {}
+        if sampling.guidance_scale != 1.0:
+            null_ids = unconditional_ids(tokenizer, sampling.null_prompt, sampling.chat, template)
+            extra["negative_prompt_ids"] = torch.tensor([null_ids] * len(rows), device=device)
+        output = _generate(model, config, input_ids=ids, attention_mask=mask, **extra)
+        passes = 2 if sampling.guidance_scale != 1.0 else 1
     seconds = time.perf_counter() - started
     completions = [_strip(row.tolist(), set(config.eos_token_id)) for row in output[:, width:]]
     total_tokens = max(sum(len(c) for c in completions), 1)
@@ -234,12 +264,13 @@ def _sample_batch(
             "completion": tokenizer.decode(completion_ids, skip_special_tokens=True),
             "completion_ids": completion_ids,
             "guidance_scale": sampling.guidance_scale,
+            **({"guidance": sampling.guidance} if sampling.guidance is not None else {}),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "top_k": sampling.top_k,
             "repetition_penalty": sampling.repetition_penalty,
             "max_new_tokens": sampling.max_new_tokens,
-            "forward_passes_per_token": 2 if cfg else 1,
+            "forward_passes_per_token": passes,
             "seconds": seconds * len(completion_ids) / total_tokens,  # the batch's time, shared out by token count
         }
         for i, completion_ids in enumerate(completions)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from trl import GRPOConfig, RLOOConfig
 
 from trl_diversity.defaults import DEFAULT_JOB_TRAINING
+from trl_diversity.guidance import parse_guidance
 from trl_diversity.rewards.registry import BUILTIN_GROUP_REWARDS, check_group_reward_name
 from trl_diversity.trainer.divergence import DIVERGENCES
 from trl_diversity.trainer.teacher_quality import DIVERSITY_QUALITIES
@@ -37,6 +38,16 @@ class DiversityCFGFields:
         metadata={
             "help": "CFG scale (the paper's gamma) of the frozen teacher: logits l_u + gamma * (l_c - l_u). 1.0 "
             "means no guidance; values above 1 sharpen towards the prompt."
+        },
+    )
+    guidance: str | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher's guidance beyond plain CFG, as logit arithmetic over contexts: terms "
+            "'WEIGHT*NEGATIVE' joined by '+', NEGATIVE being null (the unconditional prompt), a quoted text "
+            "(\"{prompt}\" stands for the prompt) or layer:N (the model read out after N layers), then optionally "
+            "'from M' (the first M generated tokens unguided). '2*null' is plain CFG at gamma 3. None: plain CFG "
+            "at guidance_scale. Set this or guidance_scale, not both."
         },
     )
     distill_coef: float = field(
@@ -185,7 +196,15 @@ class DiversityCFGFields:
                 f"guidance_scale must be a finite number > 0, got {self.guidance_scale}. 1.0 means no guidance; "
                 "the paper's teacher uses 3.0."
             )
-        if self.guidance_scale < 1:
+        if self.guidance is not None:
+            if self.guidance_scale != self.__dataclass_fields__["guidance_scale"].default:
+                raise ValueError(
+                    f"Set guidance or guidance_scale, not both (guidance={self.guidance!r}, guidance_scale="
+                    f"{self.guidance_scale}): a guidance holds its own weights; guidance_scale=G is guidance="
+                    f"'{self.guidance_scale - 1:g}*null'."
+                )
+            parse_guidance(self.guidance)  # refuses an invalid specification in one line, before any model loads
+        elif self.guidance_scale < 1:
             warnings.warn(
                 f"guidance_scale={self.guidance_scale} < 1 moves the teacher away from the prompt (anti-guidance); "
                 "CFG distillation normally uses a scale >= 1.",
@@ -244,7 +263,7 @@ class DiversityCFGFields:
         if self.distill_coef == 0:
             ignored += [
                 name
-                for name in ("guidance_scale", "teacher_model", "unconditional_prompt")
+                for name in ("guidance_scale", "guidance", "teacher_model", "unconditional_prompt")
                 if getattr(self, name) != self.__dataclass_fields__[name].default
             ]
             reason = "distill_coef=0 turns CFG distillation off"
@@ -309,6 +328,7 @@ class DiversityCFGFields:
 FIELD_GROUPS = {
     "Parameters that control CFG distillation": (
         "guidance_scale",
+        "guidance",
         "distill_coef",
         "distill_divergence",
         "distill_jsd_beta",

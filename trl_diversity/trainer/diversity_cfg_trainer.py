@@ -106,6 +106,7 @@ class DiversityCFGTrainer(DiversityCFGMixin, GRPOTrainer):
         model, args, setup = self._prepare_method(
             model, reward_funcs, args, train_dataset, eval_dataset, peft_config, environment_factory
         )
+        check_model_name(model)
         # GRPO refuses to start without a reward source. With the method on and no quality reward, it gets a
         # placeholder for its construction only, removed right after: the reward lists stay what the user passed.
         placeholder = setup.method_on and not setup.user_reward_funcs
@@ -227,6 +228,7 @@ class DiversityCFGRLOOTrainer(DiversityCFGMixin, RLOOTrainer):
         peft_config=None,
     ):
         model, args, setup = self._prepare_method(model, reward_funcs, args, train_dataset, eval_dataset, peft_config)
+        check_model_name(model)
         super().__init__(
             model=model,
             # RLOO accepts an empty list (no placeholder needed); it reads None as one reward function `None`.
@@ -266,6 +268,16 @@ class DiversityCFGRLOOTrainer(DiversityCFGMixin, RLOOTrainer):
 
     def _reduce_distillation(self, per_token, mask, inputs, mode):
         return reduce_like_rloo(per_token, mask)
+
+
+def check_model_name(model) -> None:
+    """A model name that cannot load (a path that does not exist, a folder that holds no model, a hub id with the hub
+    offline and no cached copy) is refused in one line, as on the command line, before TRL tries to load it (its
+    error for a missing path is `OSError: Repo id must be in the form ...`)."""
+    if isinstance(model, str):
+        from trl_diversity.cli.arguments import check_model  # the command line's check: standard library only
+
+        check_model(model, "model")
 
 
 def _no_quality_reward(completions, **kwargs):

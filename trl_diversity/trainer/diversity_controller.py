@@ -484,6 +484,12 @@ class DiversityControllerCallback(TrainerCallback, ExportableState):
         }
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._restore_or_register(state)
+        warning = warmup_outlasts_run(self.controller, args, state)
+        if warning is not None:
+            logger.warning(warning)
+
+    def _restore_or_register(self, state) -> None:
         name = type(self).__name__
         stored = state.stateful_callbacks.get(name)
         if stored is None:
@@ -522,6 +528,31 @@ class DiversityControllerCallback(TrainerCallback, ExportableState):
                 f"Cannot restore the diversity controller: the checkpoint's entry {stored!r} has no state."
             )
         self.controller.load_state_dict(state)
+
+
+def warmup_outlasts_run(controller: DiversityCoefController, args, state) -> str | None:
+    """The warning for a run too short for the warm-up of its `"initial"` target (None where it fits): the target is
+    never set and the coefficient stays at `diversity_coef`. The controller measures once per generation batch, every
+    `steps_per_generation * num_iterations` micro-batches, of which an optimizer step takes
+    `gradient_accumulation_steps`."""
+    max_steps = getattr(args, "max_steps", None)
+    if not controller.warming_up or max_steps is None:
+        return None
+    left = controller.warmup_steps - len(controller._warmup_samples)
+    total = max_steps if max_steps > 0 else state.max_steps
+    accumulation = getattr(args, "gradient_accumulation_steps", 1)
+    generate_every = (getattr(args, "steps_per_generation", None) or accumulation) * (
+        getattr(args, "num_iterations", None) or 1
+    )
+    batches = math.ceil(max(total - state.global_step, 0) * accumulation / generate_every)
+    if batches >= left:
+        return None
+    return (
+        f"Diversity controller: {FIELD}={controller.target_spec.spec!r} is measured over a warm-up of "
+        f"{controller.warmup_steps} generation batches (diversity_target_warmup_steps), but this run has "
+        f"{batches} more (max_steps={total}), so the warm-up never ends: no target is set and the coefficient stays at "
+        f"{controller.coef:g}. Train longer, lower diversity_target_warmup_steps, or set a numeric {FIELD}."
+    )
 
 
 def current_controller(trainer_or_callbacks) -> DiversityCoefController | None:

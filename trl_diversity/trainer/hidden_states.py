@@ -7,6 +7,7 @@ student pass, and its gradient flows back through the same graph.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -38,3 +39,9 @@ def capture_last_hidden_state(model: torch.nn.Module):
         yield captured
     finally:
         handle.remove()
+
+
+def cache_argument_name(model: torch.nn.Module) -> str:
+    """transformers renamed `past_key_values` to `cache` in the 5.x series; use whichever this model takes."""
+    parameters = inspect.signature(type(language_model(model)).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

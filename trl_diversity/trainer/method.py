@@ -270,7 +270,9 @@ class DiversityCFGMixin:
         if not self.reward_funcs:
             self._log_zero_quality_reward(mode)
         if self.args.distill_coef > 0:  # before the diversity term, which may weigh samples by the teacher
-            output["teacher_hidden_states"] = self.cfg_teacher.hidden_states(output, is_conversational(inputs[0]))
+            output["teacher_hidden_states"] = self.cfg_teacher.hidden_states(
+                output, is_conversational(inputs[0]), prompts=[example["prompt"] for example in inputs]
+            )
         rewards = self._latest_diversity_rewards
         if rewards is not None:
             self._add_diversity_advantages(output, rewards, mode)

@@ -22,10 +22,13 @@ from contextlib import contextmanager
 import torch
 from accelerate.utils import is_peft_model
 
+from trl_diversity.guidance import check_layers, resolve_guidance
+from trl_diversity.guidance.contexts import negative_context
+from trl_diversity.guidance.readout import num_layers
 from trl_diversity.trainer.divergence import head_rows
 from trl_diversity.trainer.hidden_states import language_model
 from trl_diversity.trainer.logit_scale import logit_scale, text_config
-from trl_diversity.trainer.teacher.guided_forward import guided_teacher_hidden_states
+from trl_diversity.trainer.teacher.guided_forward import guided_hidden_states
 from trl_diversity.trainer.teacher_quality import sampled_token_mask
 from trl_diversity.trainer.trl_internals import (
     create_model_from_path,
@@ -57,7 +60,12 @@ class CFGTeacher:
         self.adapter: str | None = None
         self.frozen_head: torch.nn.Linear | None = None
         self._null_ids: dict[bool, list[int]] = {}
+        # The guidance the teacher applies: `guidance`, else plain CFG at `guidance_scale` against the null context.
+        self.spec = resolve_guidance(trainer.args.guidance, trainer.args.guidance_scale)
         self._set_up(initial_policy, user_adapter_model)
+        if self.spec.layer_negatives:
+            owner = self._trainer.model if self.model is None else self.model
+            check_layers(self.spec, num_layers(owner), "the teacher")
 
     # ----------------------------------------------------------------------------------------------------------------
     # Which model is the teacher
@@ -176,22 +184,51 @@ class CFGTeacher:
     def unconditional_ids(self, conversational: bool) -> list[int]:
         """The null context, rendered like the prompts; never empty (falls back to BOS, else EOS)."""
         if conversational not in self._null_ids:
-            trainer = self._trainer
-            null = trainer.args.unconditional_prompt
-            if conversational:
-                ids = trainer._tokenize_prompts([[{"role": "user", "content": null}]])[0][0]
-            else:
-                ids = trainer.processing_class(text=[null])["input_ids"][0]
-            ids = [int(i) for i in ids]
-            if not ids:
-                fallback = trainer._tokenizer.bos_token_id
-                ids = [fallback if fallback is not None else trainer._tokenizer.eos_token_id]
-            self._null_ids[conversational] = ids
+            self._null_ids[conversational] = self._tokenize(self._trainer.args.unconditional_prompt, conversational)
         return self._null_ids[conversational]
 
-    def hidden_states(self, output: dict, conversational: bool) -> torch.Tensor:
+    def negative_ids(self, prompts: list | None, conversational: bool, rows: int) -> list[list[list[int]]]:
+        """The context ids of every row for each context negative of the spec (`[negative][row]`).
+
+        The null context and fixed texts are the same for every row; a per-prompt negative is rendered from each
+        row's prompt (`prompts`, one per row, as the trainer's inputs hold them), as the prompts are rendered."""
+        contexts = []
+        null_prompt = self._trainer.args.unconditional_prompt
+        for negative in self.spec.context_negatives:
+            if negative.text is None:
+                contexts.append([self.unconditional_ids(conversational)] * rows)
+                continue
+            if negative.per_prompt and prompts is None:
+                raise ValueError(f"The guidance {self.spec} has a per-prompt negative: pass the rows' prompts.")
+            rendered = {}
+            row_ids = []
+            for prompt in prompts if negative.per_prompt else [""] * rows:
+                context = negative_context(negative, prompt, null_prompt)
+                key = repr(context)
+                if key not in rendered:
+                    rendered[key] = self._tokenize(context, conversational)
+                row_ids.append(rendered[key])
+            contexts.append(row_ids)
+        return contexts
+
+    def _tokenize(self, context, conversational: bool) -> list[int]:
+        """A context's ids, rendered as the trainer renders its prompts; never empty (BOS, else EOS)."""
+        trainer = self._trainer
+        if conversational:
+            messages = context if isinstance(context, list) else [{"role": "user", "content": context}]
+            ids = trainer._tokenize_prompts([messages])[0][0]
+        else:
+            ids = trainer.processing_class(text=[context])["input_ids"][0]
+        ids = [int(i) for i in ids]
+        if not ids:
+            fallback = trainer._tokenizer.bos_token_id
+            ids = [fallback if fallback is not None else trainer._tokenizer.eos_token_id]
+        return ids
+
+    def hidden_states(self, output: dict, conversational: bool, prompts: list | None = None) -> torch.Tensor:
         """The guided hidden states `[B, C, H]` at the completion positions of a generation batch (`output` holds the
-        trainer's `prompt_ids`, `prompt_mask`, `completion_ids` and `completion_mask`)."""
+        trainer's `prompt_ids`, `prompt_mask`, `completion_ids` and `completion_mask`; `prompts` the rows' prompts,
+        needed by a per-prompt negative)."""
         trainer, args = self._trainer, self._trainer.args
         batch_size = args.per_device_train_batch_size if trainer.model.training else args.per_device_eval_batch_size
         arguments = dict(
@@ -203,21 +240,21 @@ class CFGTeacher:
             completion_mask=sampled_token_mask(
                 output["completion_ids"], output["completion_mask"], trainer._tokenizer.pad_token_id
             ),
-            unconditional_ids=self.unconditional_ids(conversational),
-            guidance_scale=args.guidance_scale,
+            spec=self.spec,
+            negative_ids=self.negative_ids(prompts, conversational, len(output["prompt_ids"])),
             pad_id=trainer._tokenizer.pad_token_id,
             batch_size=batch_size,
         )
         with torch.no_grad(), trainer.accelerator.autocast():
             if self.model is not None:
-                return guided_teacher_hidden_states(self.model, **arguments)
+                return guided_hidden_states(self.model, **arguments)
             unwrapped = trainer.accelerator.unwrap_model(trainer.model)
             with (
                 disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs),
                 use_adapter(unwrapped, adapter_name=self.adapter),
                 _in_eval_mode(trainer.model),  # the teacher is frozen: no dropout, as for the separate teacher
             ):
-                return guided_teacher_hidden_states(trainer.model, **arguments)
+                return guided_hidden_states(trainer.model, **arguments)
 
     def head(self) -> torch.nn.Module:
         """The LM head that projects the guided hidden states to CFG logits."""
