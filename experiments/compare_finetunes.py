@@ -20,10 +20,14 @@ import json
 import math
 import os
 import statistics
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from experiments.reproduction_report import agreeing_judges, claim_b_verdict  # claim (b)'s one rule
+from experiments import rules
+from experiments.front_gaps import gap_to_front, matched_quality_gap
+from experiments.reproduction_report import agreeing_judges
+from experiments.rules import MIN_SHARED_RANGE, claim_b_verdict, percent_ci, relative
 from experiments.runs import BUDGETS, ROOT, Point, Variant, point_file_stem, point_key
 from trl_diversity.toolkit.comparison import paired_difference
 
@@ -96,17 +100,25 @@ RUNS = (
 RUN = {run.name: run for run in RUNS}
 
 
-def cached_point(budget_name: str, variant: Variant, point: Point, results: Path) -> dict | None:
+def point_path(budget_name: str, variant: Variant, point: Point, results: Path, prompt_set: str | None = None) -> Path:
+    """Where one evaluated point of a run is cached (on `prompt_set`, the report's prompt set by default)."""
+    budget = replace(variant.apply(BUDGETS[budget_name]), eval_prompts=prompt_set or EVAL_PROMPTS["set"])
+    return results / "points" / f"{point_file_stem(point)}-{point_key(point, budget, budget.prompts())}.json"
+
+
+def cached_point(
+    budget_name: str, variant: Variant, point: Point, results: Path, prompt_set: str | None = None
+) -> dict | None:
     """One evaluated point of a run, from the cache, or None."""
-    budget = replace(variant.apply(BUDGETS[budget_name]), eval_prompts=EVAL_PROMPTS["set"])
-    prompts = budget.prompts()
-    path = results / "points" / f"{point_file_stem(point)}-{point_key(point, budget, prompts)}.json"
+    path = point_path(budget_name, variant, point, results, prompt_set)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def model_point(budget_name: str, variant: Variant, which: str, results: Path) -> dict | None:
+def model_point(
+    budget_name: str, variant: Variant, which: str, results: Path, prompt_set: str | None = None
+) -> dict | None:
     """The cached point of one finetune (`which`: "quality" is w = 0, "diversity" is w = 1), or None."""
-    return cached_point(budget_name, variant, Point("lerp", 0.0 if which == "quality" else 1.0), results)
+    return cached_point(budget_name, variant, Point("lerp", 0.0 if which == "quality" else 1.0), results, prompt_set)
 
 
 def fronts(budget_name: str, results: Path) -> dict[str, list[dict]]:
@@ -137,7 +149,8 @@ def fronts(budget_name: str, results: Path) -> dict[str, list[dict]]:
     return complete
 
 
-MIN_SHARED_RANGE = 0.02  # #23's goal (c): a front comparison over at least this much adherence
+# The claim each dial comparison decides: against a baseline's front (c), against TRL's entropy bonus (d).
+CLAIM_OF = {"CFG": "c", "temperature": "c", "entropy control": "d"}
 
 
 def dials_section(baselines: dict[str, list[dict]], plot: Path, summary: dict, num_prompts: int) -> list[str]:
@@ -148,7 +161,7 @@ def dials_section(baselines: dict[str, list[dict]], plot: Path, summary: dict, n
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trl_diversity.toolkit.comparison import front, matched_quality_gap
+    from trl_diversity.toolkit.comparison import front
 
     figure, axes = plt.subplots(figsize=(8, 6))
     for name, family in baselines.items():
@@ -171,37 +184,91 @@ def dials_section(baselines: dict[str, list[dict]], plot: Path, summary: dict, n
         f"![every dial]({plot.name})",
         "",
         "MiniLM diversity of each LERP dial's Pareto front over another family's, averaged over the adherence range "
-        "both span (fixed by the point estimate), paired bootstrap 95% CI; 'outside' is the share of resamples in "
-        f"which a front did not reach across that range (read at its end point there). A range narrower than "
-        f"{MIN_SHARED_RANGE} does not meet goal (c)'s terms.",
+        "both span (fixed by the point estimate), with a paired bias-corrected and accelerated (BCa) bootstrap 95% CI "
+        "over prompts; beside it, the plain percentile CI and the bootstrap median of the same resamples, which a "
+        "front's end biases (what BCa corrects). 'outside' is the share of resamples in which a front did not reach "
+        f"across that range (read at its end point there). A range narrower than {MIN_SHARED_RANGE} is no front "
+        "comparison (goal (c)'s terms) and decides no claim. The comparisons against CFG and temperature decide claim "
+        "(c), those against TRL's entropy bonus claim (d): each claim's are corrected together (Holm, family-wise "
+        f"{rules.ALPHA}; p inverts the BCa interval).",
         "",
-        "| dial | against | shared adherence range | MiniLM gap [95% CI] | outside |",
-        "|---|---|---|---|---|",
+        "| dial | against | shared adherence range | MiniLM gap [BCa 95% CI] | percentile CI (median) | p | Holm "
+        "| outside |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    gaps = {}
     for dial, points in baselines.items():
         if not dial.startswith("LERP"):
             continue
         for other, family in baselines.items():
             if other.startswith("LERP"):
                 continue
-            gap = matched_quality_gap(
+            gaps[dial, other] = matched_quality_gap(
                 [p["per_prompt"] for p in points], [p["per_prompt"] for p in family], QUALITY, MINILM
             )
-            summary.setdefault("dials", {})[f"{dial} vs {other}"] = gap
-            if gap is None:
-                lines.append(f"| {dial} | {other} | none | | |")
-                continue
-            low, high = gap["quality_range"]
-            width = "" if high - low >= MIN_SHARED_RANGE else f" (< {MIN_SHARED_RANGE} wide)"
-            lines.append(
-                f"| {dial} | {other} | {low:.3f}-{high:.3f}{width} | {signed(gap)} | "
-                f"{gap['resamples_outside_range']:.0%} |"
-            )
-    if lines[-1] == "|---|---|---|---|---|":  # no LERP dial's interior was evaluated on this prompt set
+    families = {
+        claim: {pair: gap for pair, gap in gaps.items() if CLAIM_OF[pair[1]] == claim and rules.wide_enough(gap)}
+        for claim in ("c", "d")
+    }
+    surviving = {claim: rules.holm(family) for claim, family in families.items()}
+    for (dial, other), gap in gaps.items():
+        claim = CLAIM_OF[other]
+        counted = (dial, other) in families[claim]
+        survives = (dial, other) in surviving[claim]
+        summary.setdefault("dials", {})[f"{dial} vs {other}"] = (
+            None if gap is None else {**gap, "claim": claim, "counted": counted, "survives_holm": survives}
+        )
+        if gap is None:
+            lines.append(f"| {dial} | {other} | none | | | | | |")
+            continue
+        low, high = gap["quality_range"]
+        width = "" if counted else f" (< {MIN_SHARED_RANGE} wide)"
+        size = len(families[claim])
+        holm = (
+            "not counted" if not counted else f"({claim}) {'survives' if survives else 'does not survive'} (of {size})"
+        )
+        lines.append(
+            f"| {dial} | {other} | {low:.3f}-{high:.3f}{width} | {signed(gap)} | "
+            f"[{gap['percentile_low']:+.3f}, {gap['percentile_high']:+.3f}] ({gap['median']:+.3f}) | "
+            f"{gap['p_value']:.3f} | {holm} | {gap['resamples_outside_range']:.0%} |"
+        )
+    if lines[-1] == "|---|---|---|---|---|---|---|---|":  # no LERP dial's interior was evaluated on this prompt set
         lines[-3:] = [
             "",
             "No merge dial was evaluated on these prompts (only the finetunes themselves): nothing to compare.",
         ]
+        return lines
+    for claim, family in families.items():
+        names = [f"{dial} vs {other}" for dial, other in family if (dial, other) in surviving[claim]]
+        plain = rules.holm({pair: {"p_value": gap["percentile_p_value"]} for pair, gap in family.items()})
+        summary.setdefault("holm", {})[claim] = {
+            "tested": [f"{dial} vs {other}" for dial, other in family],
+            "surviving": names,
+            "surviving_on_percentile_p_values": [
+                f"{dial} vs {other}" for dial, other in family if (dial, other) in plain
+            ],
+        }
+        p_values = ", ".join(f"{gap['percentile_p_value']:.3f}" for gap in family.values())
+        lines += [
+            "",
+            f"Claim ({claim}): {len(family)} comparisons meet the {MIN_SHARED_RANGE} range rule; "
+            f"{len(names)} survive Holm's correction over them"
+            + (f": {'; '.join(names)}." if names else ".")
+            + f" On the plain percentile bootstrap's p-values ({p_values}), {len(plain)} would.",
+        ]
+    changed = [
+        f"{dial} vs {other} (percentile [{gap['percentile_low']:+.3f}, {gap['percentile_high']:+.3f}], BCa "
+        f"[{gap['low']:+.3f}, {gap['high']:+.3f}])"
+        for (dial, other), gap in gaps.items()
+        if gap is not None
+        and (gap["low"] > 0 or gap["high"] < 0) != (gap["percentile_low"] > 0 or gap["percentile_high"] < 0)
+    ]
+    lines += [
+        "",
+        "What BCa changes: the CIs that exclude zero under one interval and not the other: "
+        + ("; ".join(changed) if changed else "none")
+        + ".",
+    ]
     return lines
 
 
@@ -226,29 +293,52 @@ def diversity_claim(model: dict, reference: dict) -> tuple[list[str], str, dict]
     """Claim (b) for one diversity model against its beta = 0 model: the table cells, the verdict, the numbers."""
     diversity = paired_difference(model["per_prompt"][MINILM], reference["per_prompt"][MINILM])
     adherence = paired_difference(model["per_prompt"][QUALITY], reference["per_prompt"][QUALITY])
-    gain = diversity["mean"] / reference["metrics"][MINILM]["mean"]
-    loss = -adherence["mean"] / reference["metrics"][QUALITY]["mean"]
+    gain = relative(diversity, reference["metrics"][MINILM]["mean"])
+    change = relative(adherence, reference["metrics"][QUALITY]["mean"])
     judges = {name: paired_difference(model["per_prompt"][name], reference["per_prompt"][name]) for name in HELD_OUT}
     agreeing = [NAMES[name] for name in agreeing_judges(judges)]
-    verdict = claim_b_verdict(gain, loss, agreeing, diversity["low"])
-    verdict = "**holds**" if verdict == "holds" else verdict
+    verdict = claim_b_verdict(gain, change, agreeing)
+    parts = ["yes" if met else "no" for met in (rules.gain_met(gain), rules.budget_met(change), bool(agreeing))]
     cells = [
-        f"{gain:+.1%} ({signed(diversity)})",
-        f"{-loss:+.1%} ({signed(adherence)})",
+        f"{percent_ci(gain)} ({signed(diversity)})",
+        f"{percent_ci(change)} ({signed(adherence)})",
         *(signed(judges[name], 3 if name != "self_bleu" else 2) for name in HELD_OUT),
         ", ".join(agreeing) or "none",
         f"{diversity['win_rate']:.0%}",
+        " / ".join(parts),
     ]
-    numbers = {"diversity_gain": gain, "adherence_change": -loss, "agreeing_judges": agreeing, "verdict": verdict}
-    return cells, verdict, numbers
+    numbers = {
+        "diversity_gain": gain["mean"],
+        "diversity_gain_ci": [gain["low"], gain["high"]],
+        "adherence_change": change["mean"],
+        "adherence_change_ci": [change["low"], change["high"]],
+        "diversity_p_value": diversity["p_value"],
+        "agreeing_judges": agreeing,
+        "gain_met": rules.gain_met(gain),
+        "budget_met": rules.budget_met(change),
+        "verdict": verdict,
+    }
+    return cells, "**holds**" if verdict == "holds" else verdict, numbers
+
+
+def claim_b_rule() -> str:
+    return (
+        f"Claim (b), each part tested on its 95% CI: the MiniLM gain over beta = 0 is met when its CI's lower end is "
+        f"at least +{rules.MIN_DIVERSITY_GAIN:.0%}; the adherence budget when the lower end of the adherence change's "
+        f"CI stays within -{rules.MAX_ADHERENCE_LOSS:.0%} (non-inferiority at a 5% margin, as claim (a) is at "
+        f"{rules.ADHERENCE_MARGIN}); a held-out judge agrees when its paired difference is significant in the better "
+        "direction after Holm's correction over the four judges. Relative CIs are the paired CI over the beta = 0 "
+        "model's mean. Holds: all three; partly: the gain's CI above zero and the +20% or the budget met; else does "
+        "not hold."
+    )
 
 
 def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tuple[str, dict]:
     num_prompts = len(replace(BUDGETS[budget_name], eval_prompts=EVAL_PROMPTS["set"]).prompts())
     header = (
-        "| diversity model | MiniLM diversity vs beta = 0 | adherence vs beta = 0 | "
+        "| diversity model | MiniLM diversity vs beta = 0 [95% CI] | adherence vs beta = 0 [95% CI] | "
         + " | ".join(NAMES[n] for n in HELD_OUT)
-        + " | held-out judges agreeing | MiniLM win rate | claim (b) |"
+        + " | held-out judges agreeing | MiniLM win rate | met: +20% / budget / judge | claim (b) |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     summary, missing = {}, []
@@ -272,47 +362,70 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
     text = [
         "Each diversity model's w = 1 point against the beta = 0 model (w = 0) of the same training seed, on the "
         f"same {num_prompts} {EVAL_PROMPTS['set']} prompts and sampling seed: paired differences with 95% "
-        "bootstrap CIs over prompts. Claim (b): MiniLM diversity at least +20% over beta = 0, adherence at most 5% "
-        "lower, and a held-out judge agreeing (its paired difference significant in the better direction after Holm's correction over the four judges).",
+        f"bootstrap CIs over prompts. {claim_b_rule()}",
         "",
         *lines,
     ]
     if missing:
         text += ["", f"Not in the cache (not run, or not finished): {', '.join(missing)}."]
     # A single model has no front of its own: how much more diverse is it than each front at its own adherence?
-    from trl_diversity.toolkit.comparison import gap_to_front
-
     baselines = fronts(budget_name, results)
-    gap_lines = []
+    per_model = {}
     for run in RUNS:
-        name = run.name
         model = model_point(budget_name, run.variant, "diversity", results)
         if model is None:
             continue
-        cells, gaps = [], {}
+        per_model[run.name] = (model, {})
         for front_name, family in baselines.items():
-            if front_name == run.front:  # the model is that dial's end: the gap is zero by construction
+            if front_name != run.front:  # the model is that dial's end: the gap is zero by construction
+                per_model[run.name][1][front_name] = gap_to_front(
+                    model["per_prompt"], [p["per_prompt"] for p in family], QUALITY, MINILM
+                )
+    tested = {(name, f): gap for name, (_, gaps) in per_model.items() for f, gap in gaps.items() if gap is not None}
+    surviving = rules.holm(tested)
+    excluding = [key for key, gap in tested.items() if gap["low"] > 0 or gap["high"] < 0]
+    gap_lines = []
+    for name, (model, gaps) in per_model.items():
+        cells = []
+        for front_name in baselines:
+            gap = gaps.get(front_name, "own")
+            if gap == "own":
                 cells.append("its own dial")
-                continue
-            gaps[front_name] = gap_to_front(model["per_prompt"], [p["per_prompt"] for p in family], QUALITY, MINILM)
-            cells.append("outside its adherence range" if gaps[front_name] is None else signed(gaps[front_name]))
-        summary.setdefault(name, {})["minilm_over_front_at_own_adherence"] = gaps
+            elif gap is None:
+                cells.append("outside its adherence range")
+            else:
+                cells.append(f"**{signed(gap)}**" if (name, front_name) in surviving else signed(gap))
+        summary.setdefault(name, {})["minilm_over_front_at_own_adherence"] = {
+            f: None if g is None else {**g, "survives_holm": (name, f) in surviving} for f, g in gaps.items()
+        }
         gap_lines.append(f"| {name} ({model['metrics'][QUALITY]['mean']:.3f}) | " + " | ".join(cells) + " |")
+    summary["gaps_to_fronts_holm"] = {
+        "tested": len(tested),
+        "ci_excluding_zero": len(excluding),
+        "surviving": sorted(f"{name} vs {f}" for name, f in surviving),
+    }
     if gap_lines:
         header = "| model (its adherence) | " + " | ".join(f"vs {name} front" for name in baselines) + " |"
+        against = {f: sum(1 for _, g in surviving if g == f) for f in baselines if any(g == f for _, g in surviving)}
         text += [
             "",
             "MiniLM diversity of each diversity model over each front at the model's own adherence (the front is "
-            "linearly interpolated between its Pareto points; paired bootstrap over prompts, 95% CI). Above zero: "
-            "the model is more diverse than what that dial offers at the same adherence.",
+            "linearly interpolated between its Pareto points; paired BCa bootstrap over prompts, 95% CI). Above zero: "
+            "the model is more diverse than what that dial offers at the same adherence. In bold: the gaps that "
+            f"survive Holm's correction over all {len(tested)} of this table.",
             "",
             header,
             "|" + "---|" * (header.count("|") - 1),
             *gap_lines,
+            "",
+            f"{len(excluding)} of the {len(tested)} CIs exclude zero; {len(surviving)} survive Holm's correction over "
+            f"the {len(tested)}"
+            + (": " + ", ".join(f"{n} against the {f} front" for f, n in against.items()) if against else "")
+            + ".",
         ]
     # Does a target beat a fixed beta? The target model against the beta = 0-beta = 50 dial of its own seed (the
     # same beta = 0 model at w = 0), at the target model's adherence.
-    same_seed_lines = []
+    same_seed, same_seed_rows = {}, []
     for run in RUNS:
         if run.variant.diversity_target is None:
             continue
@@ -324,24 +437,35 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
         ]
         if target is None or any(p is None for p in dial):
             continue
-        cells = []
         for metric in (MINILM, "base_lm_diversity"):
-            gap = gap_to_front(target["per_prompt"], [p["per_prompt"] for p in dial], QUALITY, metric)
-            cells.append("outside its adherence range" if gap is None else signed(gap))
-            summary.setdefault(f"{run.name} vs beta 0-50 dial, seed {seed}", {})[metric] = gap
-        same_seed_lines.append(
-            f"| {run.name} | {seed} | {target['metrics'][QUALITY]['mean']:.3f} | " + " | ".join(cells) + " |"
-        )
-    if same_seed_lines:
+            same_seed[run.name, metric] = gap_to_front(
+                target["per_prompt"], [p["per_prompt"] for p in dial], QUALITY, metric
+            )
+        same_seed_rows.append((run, seed, target))
+    if same_seed_rows:
+        tested = {key: gap for key, gap in same_seed.items() if gap is not None}
+        surviving = rules.holm(tested)
+        lines = []
+        for run, seed, target in same_seed_rows:
+            cells = []
+            for metric in (MINILM, "base_lm_diversity"):
+                gap = same_seed[run.name, metric]
+                summary.setdefault(f"{run.name} vs beta 0-50 dial, seed {seed}", {})[metric] = gap
+                text_gap = "outside its adherence range" if gap is None else signed(gap)
+                cells.append(f"**{text_gap}**" if (run.name, metric) in surviving else text_gap)
+            lines.append(
+                f"| {run.name} | {seed} | {target['metrics'][QUALITY]['mean']:.3f} | " + " | ".join(cells) + " |"
+            )
         text += [
             "",
             "The target model against the `beta = 0`-`beta = 50` merge dial of the same training seed, at the target "
-            "model's adherence (paired bootstrap over prompts, 95% CI; above zero: the target model is more diverse "
-            "than the fixed-beta dial offers there):",
+            "model's adherence (paired BCa bootstrap over prompts, 95% CI; above zero: the target model is more diverse "
+            f"than the fixed-beta dial offers there). Of the {len(tested)} gaps, {len(surviving)} survive Holm's "
+            f"correction over them{' (in bold)' if surviving else ''}.",
             "",
             "| target model | seed | its adherence | MiniLM diversity over the dial | base-LM diversity over the dial |",
             "|---|---|---|---|---|",
-            *same_seed_lines,
+            *lines,
         ]
     dials_plot = plot.with_name(plot.stem.replace("_training", "") + "_dials.png")
     text += dials_section(baselines, dials_plot, summary, num_prompts)
@@ -382,7 +506,12 @@ def diversity_models_report(budget_name: str, results: Path, plot: Path) -> tupl
             *seed_lines,
         ]
     text += controller_section(budget_name, results, summary)
-    text += ["", *compute_table(results)]
+    text += ["", *compute_table(results), "", *lever_search_compute(), "", *evaluation_compute(budget_name, results)]
+    if EVAL_PROMPTS["set"] == "eval":
+        claim_a = claim_a_section(budget_name, results, summary)
+        goals = goals_table(budget_name, results, summary)
+        summary["goals"] = goals
+        text = [*goals_lines(goals), "", *claim_a, "", "## Claim (b) per diversity model", "", *text]
     return "\n".join(text), summary
 
 
@@ -513,6 +642,8 @@ def compute_table(results: Path) -> list[str]:
             )
             if retrain.get("same_curve_as_first") is False and "max_relative_difference" in retrain:
                 same = f"its curve within {retrain['max_relative_difference']:.0e} relative"
+            elif retrain.get("same_curve_as_first") is False:
+                same += "; no curve kept, so how close it came cannot be checked"
             runtime = None if retrain.get("resumed") else retrain.get("train_runtime")
             runs.append(
                 (f"{finetune['name']} again, for merges ({same})", None if runtime is None else runtime / steps)
@@ -538,6 +669,360 @@ def compute_table(results: Path) -> list[str]:
     lines += ["| " + " | ".join(cells) + " |" for _, cells, _ in rows]
     total = sum(minutes for _, _, minutes in rows)
     return [*lines, "", f"{len(rows)} training runs, {total:.0f} min of training in all."]
+
+
+def claim_a_section(budget_name: str, results: Path, summary: dict) -> list[str]:
+    """Claim (a) on each training seed: the beta = 0 model against every CFG point, on both axes (adherence and
+    MiniLM diversity) and on fluency NLL. The front gaps look only at shared ranges, so they never ask whether the
+    distilled model beats a CFG point outright: here each pair is compared directly."""
+    budget = BUDGETS[budget_name]
+    cfg = {
+        g: cached_point(budget_name, Variant(), Point("cfg", g, guidance_scale=g), results)
+        for g in budget.guidance_scales
+    }
+    if any(point is None for point in cfg.values()):
+        return []
+    rows = {}
+    for seed in (0, 1):
+        model = model_point(budget_name, Variant(seed=seed) if seed else Variant(), "quality", results)
+        if model is None:
+            continue
+        for gamma, point in cfg.items():
+            rows[seed, gamma] = {
+                metric: paired_difference(model["per_prompt"][metric], point["per_prompt"][metric])
+                for metric in (QUALITY, MINILM, "fluency_nll")
+            }
+    surviving = rules.holm({key: row[MINILM] for key, row in rows.items()})
+    lines = []
+    claim = summary.setdefault("claim_a", {})
+    for (seed, gamma), row in rows.items():
+        adherence, diversity, nll = row[QUALITY], row[MINILM], row["fluency_nll"]
+        non_inferior = adherence["low"] > -rules.ADHERENCE_MARGIN
+        more_diverse = (seed, gamma) in surviving and diversity["mean"] > 0
+        less_diverse = (seed, gamma) in surviving and diversity["mean"] < 0
+        claim[f"seed {seed} vs CFG {gamma:g}"] = {
+            "adherence": adherence,
+            "diversity": diversity,
+            "fluency_nll": nll,
+            "non_inferior": non_inferior,
+            "diversity_survives_holm": (seed, gamma) in surviving,
+            "dominates": non_inferior and more_diverse,
+        }
+        lines.append(
+            f"| {seed} | CFG {gamma:g} | {signed(adherence)} | {'yes' if non_inferior else 'no'} | "
+            f"{signed(diversity)} | {diversity['p_value']:.3f} | "
+            f"{'higher' if more_diverse else 'lower' if less_diverse else 'no difference shown'} | "
+            f"{signed(nll, 2)} | {'**yes**' if non_inferior and more_diverse else 'no'} |"
+        )
+    for seed in sorted({seed for seed, _ in rows}):
+        gammas = [g for (s, g) in rows if s == seed and claim[f"seed {s} vs CFG {g:g}"]["non_inferior"]]
+        summary.setdefault("gamma_star", {})[f"seed {seed}"] = max(gammas, default=None)
+    return [
+        "## Claim (a) on both seeds: the beta = 0 model against every CFG point",
+        "",
+        "The distilled model (`beta = 0`, w = 0, one forward pass per token) of each training seed against each CFG "
+        "point on the base model (two passes per token), on the same prompts: paired differences with 95% bootstrap "
+        f"CIs. Adherence is matched when the CI's lower end lies above -{rules.ADHERENCE_MARGIN} (claim (a)'s "
+        "non-inferiority margin, stated in advance); gamma* is the largest CFG scale matched so. MiniLM diversity: "
+        f"the {len(rows)} differences are corrected together (Holm). beta = 0 dominates a CFG point when it matches "
+        "its adherence and is more diverse after Holm.",
+        "",
+        "| seed | CFG point | adherence beta = 0 - CFG [95% CI] | matched (> -0.02) | MiniLM diversity beta = 0 - CFG "
+        "[95% CI] | p | diversity after Holm | fluency NLL beta = 0 - CFG | dominates |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *lines,
+    ]
+
+
+GOALS = {
+    "a": "(a) the distilled model (`beta = 0`) matches CFG's adherence at some gamma* >= 2, fluency NLL no worse, at "
+    "one forward pass per token, on both seeds",
+    "b": "(b) +20% MiniLM diversity over `beta = 0` at <= 5% adherence loss, a held-out judge agreeing (Holm), both "
+    "seeds; each part tested on its CI",
+    "c": f"(c) a LERP dial above CFG's and temperature's fronts at matched adherence, over >= {MIN_SHARED_RANGE}",
+    "d": "(d) a LERP dial above TRL's entropy-control front at matched adherence",
+    "e": "(e) the gains hold on prompts of another kind (48 short open questions)",
+}
+
+
+def _gap_cell(name: str, gap: dict) -> str:
+    low, high = gap["quality_range"]
+    return f"{name} {signed(gap)} on {low:.3f}-{high:.3f}"
+
+
+def goals_table(budget_name: str, results: Path, summary: dict) -> list[dict]:
+    """The goals of #23, each with its verdict by the rules of `experiments.rules` and the numbers it rests on, from
+    this report's summary (and the open questions' points, for (e))."""
+    goals = []
+    # (a)
+    claim_a = summary.get("claim_a", {})
+    seeds = sorted({key.split(" vs ")[0] for key in claim_a})
+    stars = summary.get("gamma_star", {})
+    parts, ok = [], []
+    for seed in seeds:
+        star = stars.get(seed)
+        row = claim_a.get(f"{seed} vs CFG {star:g}") if star is not None else None
+        nll_ok = row is not None and row["fluency_nll"]["low"] <= 0
+        ok.append("holds" if star is not None and star >= 2 and nll_ok else "partly" if star and star > 1 else "no")
+        if row is not None:
+            parts.append(
+                f"{seed}: gamma* = {star:g}, adherence {signed(row['adherence'])}, fluency NLL "
+                f"{signed(row['fluency_nll'], 2)}"
+            )
+    dominated = [key for key, row in claim_a.items() if row["dominates"]]
+    by_means = [
+        key
+        for key, row in claim_a.items()
+        if row["adherence"]["mean"] >= 0 and row["diversity"]["mean"] > 0 and not row["dominates"]
+    ]
+    outright = (
+        "beta = 0 dominates (adherence matched, MiniLM diversity higher after Holm over "
+        f"{len(claim_a)}): " + "; ".join(f"{k} (diversity {signed(claim_a[k]['diversity'])})" for k in dominated)
+        if dominated
+        else f"no CFG point is dominated after Holm over {len(claim_a)}"
+    )
+    if by_means:
+        outright += "; ahead on both axes by the means only: " + "; ".join(
+            f"{k} (adherence {signed(claim_a[k]['adherence'])}, diversity {signed(claim_a[k]['diversity'])})"
+            for k in by_means
+        )
+    verdict = (
+        "holds"
+        if ok and all(v == "holds" for v in ok)
+        else "partly"
+        if any(v != "no" for v in ok)
+        else "does not hold"
+    )
+    goals.append({"goal": GOALS["a"], "verdict": verdict, "numbers": "; ".join(parts) + f". On both axes: {outright}"})
+
+    # (b)
+    models = {name: numbers for name, numbers in summary.items() if isinstance(numbers, dict) and "verdict" in numbers}
+
+    def described(name: str) -> str:
+        n = models[name]
+        gain = {"mean": n["diversity_gain"], "low": n["diversity_gain_ci"][0], "high": n["diversity_gain_ci"][1]}
+        change = {
+            "mean": n["adherence_change"],
+            "low": n["adherence_change_ci"][0],
+            "high": n["adherence_change_ci"][1],
+        }
+        return f"{name} {percent_ci(gain)} at {percent_ci(change)}"
+
+    twins = {run.name: run.seed_of for run in RUNS if run.seed_of}
+    holding = [
+        name
+        for name, n in models.items()
+        if n["verdict"] == "holds"
+        and all(models.get(t, {}).get("verdict", "holds") == "holds" for t, of in twins.items() if of == name)
+        and name not in twins
+    ]
+    gained = [name for name, n in models.items() if n["gain_met"]]
+    budgeted = [name for name, n in models.items() if n["budget_met"] and n["diversity_gain_ci"][0] > 0]
+    by_points = [
+        name
+        for name, n in models.items()
+        if n["adherence_change"] >= -rules.MAX_ADHERENCE_LOSS and not n["budget_met"]
+    ]
+    numbers = [
+        f"+20% met by the CI: {'; '.join(map(described, gained)) or 'no model'}",
+        f"within the budget by the CI, with a real gain: {'; '.join(map(described, budgeted)) or 'no model'}",
+    ]
+    if by_points:
+        numbers.append(
+            "within 5% by the point estimate only, the CI reaching past -5%: " + "; ".join(map(described, by_points))
+        )
+    goals.append(
+        {
+            "goal": GOALS["b"],
+            "verdict": "holds" if holding else "does not hold",
+            "numbers": ". ".join(part[0].upper() + part[1:] for part in numbers),
+        }
+    )
+
+    # (c) and (d)
+    dials = {name: gap for name, gap in summary.get("dials", {}).items() if gap is not None}
+    for claim in ("c", "d"):
+        counted = {name: gap for name, gap in dials.items() if gap["claim"] == claim and gap["counted"]}
+        above = {name: gap for name, gap in counted.items() if gap["survives_holm"] and gap["mean"] > 0}
+        below = {name: gap for name, gap in counted.items() if gap["survives_holm"] and gap["mean"] < 0}
+        rest = {name: gap for name, gap in counted.items() if name not in above and name not in below}
+        if claim == "c":
+            dial_of = {}
+            for name in above:
+                dial_of.setdefault(name.split(" vs ")[0], set()).add(name.split(" vs ")[1])
+            verdict = (
+                "holds"
+                if any({"CFG", "temperature"} <= against for against in dial_of.values())
+                else "partly"
+                if above
+                else "does not hold"
+            )
+        else:
+            verdict = "holds" if above else "does not hold"
+        text = [f"Holm over the {len(counted)} comparisons that meet the {MIN_SHARED_RANGE} range rule"]
+        if above:
+            text.append("above, surviving: " + "; ".join(_gap_cell(n, g) for n, g in above.items()))
+        if below:
+            text.append("below, surviving: " + "; ".join(_gap_cell(n, g) for n, g in below.items()))
+        if rest:
+            text.append("no difference after Holm: " + "; ".join(_gap_cell(n, g) for n, g in rest.items()))
+        plain = summary.get("holm", {}).get(claim, {}).get("surviving_on_percentile_p_values")
+        if plain is not None:
+            text.append(
+                f"on the plain percentile bootstrap's p-values, {len(plain)} would survive"
+                + (f" ({'; '.join(plain)})" if plain else "")
+            )
+        goals.append({"goal": GOALS[claim], "verdict": verdict, "numbers": "; ".join(text)})
+
+    # (e)
+    open_claims, not_judged = {}, []
+    for run in RUNS:
+        if run.name not in models:
+            continue
+        model = model_point(budget_name, run.variant, "diversity", results, "open")
+        reference = model_point(budget_name, run.variant, "quality", results, "open")
+        if model is None or reference is None:
+            not_judged.append(run.name)
+            continue
+        open_claims[run.name] = diversity_claim(model, reference)[2]
+    surviving = rules.holm({name: {"p_value": n["diversity_p_value"]} for name, n in open_claims.items()})
+    real = [name for name in open_claims if models[name]["diversity_gain_ci"][0] > 0]
+    kept = [name for name in real if name in surviving and open_claims[name]["diversity_gain"] > 0]
+    verdict = "holds" if real and len(kept) == len(real) else "partly" if kept else "does not hold"
+
+    def pair(name: str) -> str:
+        n, e = open_claims[name], models[name]
+        mark = "" if name in surviving else ", not after Holm"
+        return (
+            f"{name} {n['diversity_gain']:+.1%} [{n['diversity_gain_ci'][0]:+.1%}, {n['diversity_gain_ci'][1]:+.1%}]"
+            f"{mark} (eval prompts {e['diversity_gain']:+.1%}), adherence {n['adherence_change']:+.1%}"
+        )
+
+    numbers = (
+        f"{len(kept)} of the {len(real)} models with a real gain on the eval prompts keep one on the open questions "
+        f"after Holm over {len(open_claims)}: " + "; ".join(pair(name) for name in open_claims)
+    )
+    if not_judged:
+        numbers += (
+            f". Not judged on the open questions (their checkpoints are not kept: judging them retrains them): "
+            f"{', '.join(not_judged)}"
+        )
+    goals.append({"goal": GOALS["e"], "verdict": verdict, "numbers": numbers})
+    return goals
+
+
+GOALS_BEGIN = (
+    "<!-- goals: made by `python -m experiments.compare_finetunes --diversity_models`; edits here are lost -->"
+)
+GOALS_END = "<!-- /goals -->"
+
+
+def update_goals(page: Path, goals: list[dict]) -> bool:
+    """Write the goals table into `page` between its GOALS_BEGIN and GOALS_END lines (False: the page has none)."""
+    from trl_diversity.atomic import write_text_atomic
+
+    text = page.read_text() if page.is_file() else ""
+    if GOALS_BEGIN not in text or GOALS_END not in text:
+        return False
+    before, rest = text.split(GOALS_BEGIN, 1)
+    after = rest.split(GOALS_END, 1)[1]
+    table = "\n".join(goals_lines(goals)[4:])  # the table alone, under the page's own heading
+    write_text_atomic(page, f"{before}{GOALS_BEGIN}\n{table}\n{GOALS_END}{after}")
+    return True
+
+
+def goals_lines(goals: list[dict]) -> list[str]:
+    return [
+        "## Goals",
+        "",
+        "The goals of the comparison (#23), each judged by the rules of `experiments/rules.py` on the tables below.",
+        "",
+        "| goal | verdict | the numbers |",
+        "|---|---|---|",
+        *(f"| {g['goal']} | **{g['verdict']}** | {g['numbers']} |" for g in goals),
+    ]
+
+
+LEVER_SEARCH = ROOT / "experiments" / "results" / "lever_search"
+
+
+def lever_search_compute(results: Path = LEVER_SEARCH) -> list[str]:
+    """The lever search's finetunes (training prompts only, `experiments.lever_search`), with their training time."""
+    rows = []
+    for path in sorted((results / "training").glob("*.json")):
+        log = json.loads(path.read_text())
+        step = seconds_per_step(log)
+        minutes = None if step is None else step * log["finetune"]["max_steps"] / 60
+        rows.append((log["finetune"]["name"], log["finetune"]["max_steps"], minutes))
+    if not rows:
+        return []
+    total = sum(minutes or 0.0 for _, _, minutes in rows)
+    return [
+        "The lever search (`python -m experiments.lever_search`, judged on the training prompts only): each run's "
+        "training time, from its log.",
+        "",
+        "| lever search run | steps | train min |",
+        "|---|---|---|",
+        *(f"| {name} | {steps} | {'' if m is None else f'{m:.1f}'} |" for name, steps, m in rows),
+        "",
+        f"{len(rows)} lever-search runs, {total:.1f} min of training in all.",
+    ]
+
+
+def evaluation_compute(budget_name: str, results: Path) -> list[str]:
+    """Every evaluated point in the cache, by kind and prompt set, with the generation time its recorded speed
+    implies (the evaluation's own wall time was not recorded)."""
+    budget = BUDGETS[budget_name]
+    points = [Point("cfg", g, guidance_scale=g) for g in budget.guidance_scales]
+    points += [Point("temperature", t, temperature=t) for t in budget.temperatures]
+    points += [Point("lerp", w) for w in budget.weights]
+    variants = [Variant(), Variant(seed=1), *(run.variant for run in RUNS)]
+    kinds = {}
+    for prompt_set in ("eval", "open"):
+        for variant in variants:
+            for point in points:
+                if point.family != "lerp":
+                    kind = "the base model: CFG and temperature"
+                elif point.value == 0.0:
+                    kind = "the beta = 0 models (w = 0)"
+                elif point.value == 1.0:
+                    kind = "the diversity models (w = 1)"
+                else:
+                    kind = "the merge dials' interior points"
+                path = point_path(budget_name, variant, point, results, prompt_set)
+                kinds.setdefault(path, (kind, prompt_set))
+    files = sorted((results / "points").glob("*.json"))
+    rows: dict[tuple[str, str], list[float]] = {}
+    unattributed = 0
+    for path in files:
+        if path not in kinds:
+            unattributed += 1
+            continue
+        entry = json.loads(path.read_text())
+        tokens = entry["num_prompts"] * entry["samples_per_prompt"] * budget.max_new_tokens
+        speed = entry.get("tokens_per_second")
+        rows.setdefault(kinds[path], []).append(tokens / speed / 60 if speed else float("nan"))
+    if not files:
+        return []
+    total = sum(sum(minutes) for minutes in rows.values())
+    lines = [
+        "Evaluations: every point in the cache. Their wall time was not recorded; each point records its generation "
+        f"speed (tokens / s, all forward passes included), so its generation took at most {budget.num_prompts} "
+        f"prompts x {budget.num_samples} samples x {budget.max_new_tokens} tokens over that speed (less where "
+        "completions ended early). Unknown: the judges' time (MiniLM, the base model's NLL and hidden states), the "
+        "re-evaluations of cached points when a judge was added, and points evaluated and later replaced.",
+        "",
+        "| points | prompt set | evaluated | generation, at most (min) |",
+        "|---|---|---|---|",
+        *(
+            f"| {kind} | {prompt_set} | {len(minutes)} | {sum(minutes):.1f} |"
+            for (kind, prompt_set), minutes in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0]))
+        ),
+        "",
+        f"{sum(len(m) for m in rows.values())} evaluated points, at most {total:.0f} min of generation in all"
+        + (f"; {unattributed} more point files belong to no run listed here." if unattributed else "."),
+    ]
+    return lines
 
 
 def algorithms_report(budget_name: str, results: Path, plot: Path) -> tuple[str, dict]:
@@ -643,6 +1128,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     write_text_atomic(out, f"{text}\n\nMade by `{command}` from the reproduction's cache ({results.name}).\n")
     write_text_atomic(Path(args.summary or results / f"{name}.json"), json.dumps(summary, indent=1) + "\n")
+    if "goals" in summary and args.out is None:  # the results page shows the same table
+        page = ROOT / "docs" / "results" / "README.md"
+        if not update_goals(page, summary["goals"]):
+            print(f"{page} has no goals block ({GOALS_BEGIN} ... {GOALS_END}): not updated", file=sys.stderr)
     print(text)
 
 

@@ -9,8 +9,11 @@ import json
 import math
 from pathlib import Path
 
+from experiments import rules
+from experiments.front_gaps import matched_quality_gap
+from experiments.rules import ADHERENCE_MARGIN, MIN_SHARED_RANGE, claim_b_verdict, percent_ci, relative
 from trl_diversity.atomic import write_text_atomic
-from trl_diversity.toolkit.comparison import matched_quality_gap, paired_difference
+from trl_diversity.toolkit.comparison import paired_difference
 
 QUALITY = "adherence"
 MINILM = "pairwise_diversity"
@@ -22,17 +25,8 @@ FAMILIES = {
     "temperature": ("temperature on the base (1 pass / token)", "tab:green", "^"),
     "lerp": ("LERP of the two finetunes (1 pass / token)", "tab:blue", "o"),
 }
-# Claim (b), decided here for every report (reproduction_report and compare_finetunes): at least +20% MiniLM
-# diversity over beta = 0, at most 5% adherence loss, and a held-out judge agreeing after Holm's correction for
-# asking four of them.
-MIN_DIVERSITY_GAIN, MAX_ADHERENCE_LOSS = 0.20, 0.05
-# Claim (a)'s equivalence margin, stated before any run of #23 was judged: the beta = 0 model "matches" a CFG scale
-# when the lower end of the 95% CI of (beta = 0 - CFG) adherence lies above -0.02, about the half-width of a paired
-# adherence CI on 48 prompts. gamma* is the largest scale it matches so (a non-inferiority test, not a failure to
-# reject a difference).
-ADHERENCE_MARGIN = 0.02
-# Fronts whose shared adherence range is narrower than this only touch: no gap is reported for them.
-MIN_SHARED_ADHERENCE = 0.005
+# The rules of the claims (the margins of (a) and (b), the range rule and Holm's correction of (c)) are defined once,
+# in experiments/rules.py, for this report and compare_finetunes alike.
 # diversity/coef is logged only with a diversity target: the coefficient the controller set for each batch.
 TRAINING_CURVES = (
     "distill/divergence",
@@ -79,16 +73,6 @@ def agreeing_judges(judges: dict[str, dict]) -> list[str]:
     return [name for name in judges if name in rejected and name in favourable]
 
 
-def claim_b_verdict(gain: float, loss: float, agreeing: list[str], gain_low: float) -> str:
-    """The one rule for claim (b): holds when all three parts hold; partly when the MiniLM gain is real (its paired
-    CI above zero) and the +20% gain or the 5% adherence budget is met (a model that gains nothing meets the budget
-    trivially, and a judge alone is not a partial win); else it does not hold."""
-    parts = [gain >= MIN_DIVERSITY_GAIN, loss <= MAX_ADHERENCE_LOSS, bool(agreeing)]
-    if all(parts):
-        return "holds"
-    return "partly" if gain_low > 0 and any(parts[:2]) else "does not hold"
-
-
 def analyse(evaluated: dict) -> dict:
     """Every comparison the claims rest on, from the points' per-prompt metrics."""
     by_label = {point.label: entry for point, entry in evaluated.items()}
@@ -107,8 +91,14 @@ def analyse(evaluated: dict) -> dict:
         analysis["distillation"][entry["label"]] = {
             "gamma": entry["value"],
             "adherence": paired(quality_model, entry, QUALITY),
+            "diversity": paired(quality_model, entry, MINILM),
             "fluency_nll": paired(quality_model, entry, "fluency_nll"),
         }
+    # The win the front gaps never test (they look only at shared ranges): beta = 0 against each CFG point on both
+    # axes, its diversity differences corrected together (Holm).
+    analysis["distillation_diversity_holm"] = rules.holm(
+        {label: entry["diversity"] for label, entry in analysis["distillation"].items()}
+    )
     matched = [c for c in cfg if analysis["distillation"][c["label"]]["adherence"]["low"] > -ADHERENCE_MARGIN]
     gamma_star = max((c["value"] for c in matched), default=None)
     analysis["gamma_star"] = gamma_star
@@ -135,13 +125,26 @@ def analyse(evaluated: dict) -> dict:
                 for name in (a, b)
             }
             gap = matched_quality_gap(per_prompt[a], per_prompt[b], QUALITY, metric)
-            if gap is not None and gap["quality_range"][1] - gap["quality_range"][0] < MIN_SHARED_ADHERENCE:
-                gap = {"touching_at": gap["quality_range"][0]}  # a gap at one adherence value is no front comparison
-            if (
-                gap is not None and "mean" in gap and sign < 0
-            ):  # report in the metric's own units: a negative self-BLEU gap is better
-                gap = {**gap, "mean": -gap["mean"], "low": -gap["high"], "high": -gap["low"]}
+            if gap is not None:  # a range narrower than the rule's is no front comparison: shown, never counted
+                gap["counted"] = rules.wide_enough(gap)
+            if gap is not None and sign < 0:  # report in the metric's own units: a negative self-BLEU gap is better
+                gap = {
+                    **gap,
+                    "mean": -gap["mean"],
+                    "low": -gap["high"],
+                    "high": -gap["low"],
+                    "percentile_low": -gap["percentile_high"],
+                    "percentile_high": -gap["percentile_low"],
+                    "median": -gap["median"],
+                }
             analysis["fronts"][f"{a} vs {b} on {metric}"] = gap
+    # Claim (c)'s comparisons (the LERP front against CFG's and temperature's, on MiniLM), corrected together.
+    deciding = {
+        name: gap
+        for name in (f"lerp vs cfg on {MINILM}", f"lerp vs temperature on {MINILM}")
+        if (gap := analysis["fronts"].get(name)) is not None and gap["counted"]
+    }
+    analysis["claim_c_holm"] = {"tested": sorted(deciding), "surviving": sorted(rules.holm(deciding))}
     # Where the fronts share no adherence range, the question becomes: which baseline points does a LERP point
     # dominate (at least as much adherence and MiniLM diversity, by the means), and how firmly (paired CIs)?
     analysis["dominance"] = {}
@@ -182,79 +185,96 @@ def claims(analysis: dict) -> list[dict]:
         if gamma_star is not None and gamma_star >= 2 and nll_ok
         else ("partly" if gamma_star is not None and gamma_star > 1 else "does not hold")
     )
+    surviving = analysis["distillation_diversity_holm"]
+    dominated = [
+        f"{label} (diversity {_signed(entry['diversity'])})"
+        for label, entry in analysis["distillation"].items()
+        if entry["adherence"]["low"] > -ADHERENCE_MARGIN and label in surviving and entry["diversity"]["mean"] > 0
+    ]
+    both_axes = (
+        f"it dominates {'; '.join(dominated)}: adherence matched and MiniLM diversity higher after Holm over the "
+        f"{len(analysis['distillation'])} CFG points"
+        if dominated
+        else f"it dominates no CFG point (adherence matched and MiniLM diversity higher after Holm over the "
+        f"{len(analysis['distillation'])} CFG points)"
+    )
     rows.append(
         {
             "claim": "(a) CFG distillation (beta = 0) matches CFG's adherence at some gamma* >= 2, fluency NLL no "
             "worse, at 1 forward pass per token",
             "measured": f"gamma* = {gamma_star if gamma_star is not None else 'none'} (largest CFG scale whose "
             f"adherence the beta = 0 model matches: paired 95% CI above -{ADHERENCE_MARGIN}); adherence beta=0 - {star}: "
-            f"{_signed(distill['adherence'])}; fluency NLL difference {_signed(distill['fluency_nll'], 2)}",
+            f"{_signed(distill['adherence'])}; fluency NLL difference {_signed(distill['fluency_nll'], 2)}. On both "
+            f"axes, {both_axes}",
             "verdict": verdict,
         }
     )
     diversity = analysis["diversity"]
-    base_minilm = analysis["by_label"][analysis["labels"]["quality"]]["metrics"][MINILM]["mean"]
-    base_adherence = analysis["by_label"][analysis["labels"]["quality"]]["metrics"][QUALITY]["mean"]
-    relative_gain = diversity[MINILM]["mean"] / base_minilm
-    relative_loss = -diversity[QUALITY]["mean"] / base_adherence
+    reference = analysis["by_label"][analysis["labels"]["quality"]]["metrics"]
+    gain = relative(diversity[MINILM], reference[MINILM]["mean"])
+    change = relative(diversity[QUALITY], reference[QUALITY]["mean"])
     held_out = agreeing_judges({m: diversity[m] for m in HELD_OUT})
     rows.append(
         {
             "claim": "(b) the diversity model raises MiniLM diversity >= 20% over beta = 0, loses <= 5% adherence, "
-            "and the gain shows in a held-out judge",
-            "measured": f"MiniLM diversity {relative_gain:+.1%} ({_signed(diversity[MINILM])}), adherence "
-            f"{-relative_loss:+.1%} ({_signed(diversity[QUALITY])}); held-out judges agreeing (Holm-corrected over "
-            f"{len(HELD_OUT)}): "
+            "and the gain shows in a held-out judge (each threshold tested on its 95% CI)",
+            "measured": f"MiniLM diversity {percent_ci(gain)} ({_signed(diversity[MINILM])}; +20% "
+            f"{'met' if rules.gain_met(gain) else 'not met'} by the CI's lower end), adherence {percent_ci(change)} "
+            f"({_signed(diversity[QUALITY])}; the 5% budget {'met' if rules.budget_met(change) else 'not met'} by the "
+            f"CI's lower end); held-out judges agreeing (Holm-corrected over {len(HELD_OUT)}): "
             f"{', '.join(held_out) or 'none'} (partitions {_signed(diversity['partitions'], 2)}); diversity "
             f"win rate vs beta = 0: {diversity[MINILM]['win_rate']:.0%} of prompts (paper: 79% of human ratings)",
-            "verdict": claim_b_verdict(relative_gain, relative_loss, held_out, diversity[MINILM]["low"]),
+            "verdict": claim_b_verdict(gain, change, held_out),
         }
     )
     fronts = analysis["fronts"]
     raw_cfg, raw_temperature = fronts.get(f"lerp vs cfg on {MINILM}"), fronts.get(f"lerp vs temperature on {MINILM}")
-    versus_cfg, versus_temperature = _measured(raw_cfg), _measured(raw_temperature)
-    wins = [g is not None and g["low"] > 0 for g in (versus_cfg, versus_temperature)]
+    holm = analysis["claim_c_holm"]
+    wins = [
+        name in holm["surviving"] and fronts[name]["mean"] > 0
+        for name in (f"lerp vs cfg on {MINILM}", f"lerp vs temperature on {MINILM}")
+    ]
     dominance = analysis["dominance"]
     dominated = "; ".join(
         f"{label} by {d['strongest']} (adherence {_signed(d[QUALITY])}, diversity {_signed(d[MINILM])})"
         for label, d in dominance.items()
     )
-    if versus_cfg is None and versus_temperature is None:
+    claim = (
+        "(c) at matched adherence, the LERP front has more MiniLM diversity than the CFG and the temperature fronts "
+        f"(BCa CI of the gap above zero over a shared adherence range >= {MIN_SHARED_RANGE}, Holm over the comparisons "
+        "that meet it)"
+    )
+    if not holm["tested"]:
         lerp_range = [e["metrics"][QUALITY]["mean"] for p, e in analysis["by_label"].items() if p.startswith("LERP")]
         rows.append(
             {
-                "claim": "(c) at matched adherence, the LERP front has more MiniLM diversity than the CFG and the "
-                "temperature fronts (paired CI of the gap above zero)",
+                "claim": claim,
                 "measured": f"not measurable as set: the LERP points span adherence {min(lerp_range):.3f}-"
                 f"{max(lerp_range):.3f}; vs CFG {_gap_text(raw_cfg)}, vs temperature {_gap_text(raw_temperature)}. "
                 f"Baseline points a LERP point dominates by the means: {dominated or 'none'}",
-                "verdict": "not testable; LERP extends past the baselines, no front-to-front win shown",
+                "verdict": "not testable; no shared adherence range meets the range rule",
             }
         )
         return rows
+    survivors = ", ".join(holm["surviving"]).replace(f" on {MINILM}", "") or "none"
     rows.append(
         {
-            "claim": "(c) at matched adherence, the LERP front has more MiniLM diversity than the CFG and the "
-            "temperature fronts (paired CI of the gap above zero)",
-            "measured": f"gap vs CFG {_gap_text(versus_cfg)}; gap vs temperature {_gap_text(versus_temperature)}",
+            "claim": claim,
+            "measured": f"gap vs CFG {_gap_text(raw_cfg)}; gap vs temperature {_gap_text(raw_temperature)}; "
+            f"surviving Holm over {len(holm['tested'])}: {survivors} (this dial's comparisons alone; across every "
+            "dial, goal (c) of diversity_models.md corrects over all of them)",
             "verdict": "holds" if all(wins) else "partly" if any(wins) else "does not hold",
         }
     )
     return rows
 
 
-def _measured(gap: dict | None) -> dict | None:
-    """A gap over a shared adherence range; None where the fronts share none or only touch."""
-    return gap if gap is not None and "mean" in gap else None
-
-
 def _gap_text(gap: dict | None) -> str:
     if gap is None:
         return "no shared adherence range"
-    if "touching_at" in gap:
-        return f"the fronts only touch, at adherence {gap['touching_at']:.3f}"
     low, high = gap["quality_range"]
-    return f"{_signed(gap)} over adherence {low:.3f}-{high:.3f}"
+    narrow = "" if gap["counted"] else f", narrower than {MIN_SHARED_RANGE}: not counted"
+    return f"{_signed(gap)} over adherence {low:.3f}-{high:.3f} (p = {gap['p_value']:.3f}{narrow})"
 
 
 def points_table(evaluated: dict) -> list[str]:
@@ -285,6 +305,7 @@ def comparisons_table(analysis: dict) -> list[str]:
     labels = analysis["labels"]
     for label, entry in analysis["distillation"].items():
         add(f"beta = 0 - {label}", QUALITY, entry["adherence"])
+        add(f"beta = 0 - {label}", MINILM, entry["diversity"])
         add(f"beta = 0 - {label}", "fluency NLL", entry["fluency_nll"], "lower")
     for metric, d in analysis["diversity"].items():
         add(
@@ -302,23 +323,32 @@ def comparisons_table(analysis: dict) -> list[str]:
 
 def fronts_table(analysis: dict) -> list[str]:
     lines = [
-        "| fronts (A vs B) | diversity judge | mean gap A - B at matched adherence [95% CI] | shared adherence range "
-        "| resamples where a front does not span that range (compared at its end point) |",
-        "|---|---|---|---|---|",
+        "| fronts (A vs B) | diversity judge | mean gap A - B at matched adherence [BCa 95% CI] | percentile CI "
+        "(median) | p | shared adherence range | resamples where a front does not span that range (compared at its "
+        "end point) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, gap in analysis["fronts"].items():
         pair, metric = name.split(" on ")
         if gap is None:
-            lines.append(f"| {pair} | {metric} | no shared range | | |")
-            continue
-        if "touching_at" in gap:
-            lines.append(f"| {pair} | {metric} | the fronts only touch, at {gap['touching_at']:.3f} | | |")
+            lines.append(f"| {pair} | {metric} | no shared range | | | | |")
             continue
         low, high = gap["quality_range"]
+        narrow = "" if gap["counted"] else f" (< {MIN_SHARED_RANGE} wide: not counted)"
         lines.append(
-            f"| {pair} | {metric} | {_signed(gap)} | {low:.3f}-{high:.3f} | {gap['resamples_outside_range']:.0%} |"
+            f"| {pair} | {metric} | {_signed(gap)} | [{gap['percentile_low']:+.3f}, {gap['percentile_high']:+.3f}] "
+            f"({gap['median']:+.3f}) | {gap['p_value']:.3f} | {low:.3f}-{high:.3f}{narrow} | "
+            f"{gap['resamples_outside_range']:.0%} |"
         )
-    return lines
+    holm = analysis["claim_c_holm"]
+    survivors = ", ".join(holm["surviving"]) or "none"
+    return [
+        *lines,
+        "",
+        f"Claim (c) rests on the MiniLM rows of the LERP front against CFG's and temperature's that meet the "
+        f"{MIN_SHARED_RANGE} range rule ({len(holm['tested'])} here), corrected together (Holm, family-wise "
+        f"{rules.ALPHA}); surviving: {survivors}.",
+    ]
 
 
 def plot_fronts(evaluated: dict, path: Path) -> None:
@@ -435,7 +465,10 @@ def retrain_notes(logs: dict, command_flags: str) -> list[str]:
                     f"its training curve within a relative {retrain['max_relative_difference']:.1e} of the first run's"
                 )
             else:
-                closeness = "its training curve not bit-identical to the first run's (the size of the difference was not recorded)"
+                closeness = (
+                    "its training curve not bit-identical to the first run's; that curve was not kept, so how close "
+                    "the two runs came cannot be checked"
+                )
             minutes = "" if retrain.get("train_runtime") is None else f", {retrain['train_runtime'] / 60:.0f} min"
             notes.append(
                 f"- The {name} model was trained again for the interior LERP points (its checkpoint was gone{minutes}), "
@@ -518,7 +551,10 @@ def write_report(command_flags, budget, prompts, evaluated, logs, report: Path, 
         "## Fronts at matched adherence",
         "",
         "Each family's Pareto front is interpolated linearly in adherence; the gap is averaged over the adherence "
-        "range both fronts span. For self-BLEU a negative gap means A is more diverse.",
+        "range both fronts span (fixed by the point estimate). The CI is the bias-corrected and accelerated (BCa) "
+        "bootstrap's: a front is a maximum over noisy points, so its resampled gaps are biased, and the plain "
+        "percentile CI and median of the same resamples are shown beside it; p inverts the BCa interval. For "
+        "self-BLEU a negative gap means A is more diverse.",
         "",
         *fronts_table(analysis),
         "",

@@ -39,7 +39,7 @@ run --finetunes_only --eval_prompts open --distill_divergence forward_kl --seed 
 #    diversity already, and no run with beta >= 50 ended above 0.53 on-policy (the last 20 batches of beta 50, seeds 0
 #    and 1, and of the rate-0.5 run: 0.534, 0.503, 0.507), against an initial 0.60. 0.85 x initial (~0.51) lies
 #    between beta 15's 0.485 and that ceiling; rate 0.25 moves the coefficient by at most 5% a batch. Chosen from the
-#    training logs only (training prompts).
+#    training logs only (training prompts), though after the earlier runs' eval results were known.
 run --diversity_target 'initial*0.85' --diversity_target_rate 0.25 --endpoints_only
 run --finetunes_only --eval_prompts open --diversity_target 'initial*0.85' --diversity_target_rate 0.25
 # 9. The same reachable target with the faster gain: at rate 0.25 the coefficient rose 15 -> 63.5 and the diversity

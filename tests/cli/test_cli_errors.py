@@ -95,6 +95,8 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
         (["--distill_divergence", "revers_kl"], ["invalid choice: 'revers_kl'", "reverse_kl"]),
         (["--learning_rate", "fast"], ["--learning_rate", "invalid float value: 'fast'"]),
         (["--diversity_coef", "0", "--distill_coef", "0"], ["Nothing to train on", "--diversity_coef > 0"]),
+        (["--guidance", "2*nul"], ["guidance '2*nul' cannot be read", "WEIGHT*NEGATIVE"]),
+        (["--guidance", "2*null", "--guidance_scale", "2"], ["guidance or guidance_scale, not both"]),
     ],
 )
 def test_config_errors_are_one_line(args, expected, tmp_path):
@@ -133,6 +135,11 @@ def test_resuming_needs_a_checkpoint(tmp_path):
     (tmp_path / "fresh").mkdir()
     result = run("train", "--output_dir", tmp_path / "fresh", "--resume_from_checkpoint", "true")
     assert_user_error(result, "holds no checkpoint-* folder to resume from")
+
+
+def test_generate_refuses_an_invalid_guidance_in_one_line(tmp_path):
+    result = run("generate", "--guidance", "1*layer:0", "--output", tmp_path / "g.jsonl")
+    assert_user_error(result, "layer:0 reads out no layer")
 
 
 def test_unknown_command_and_dial_target_suggest_the_closest():
