@@ -165,7 +165,12 @@ def check_teacher_and_base_never_move(setup: Setup, folder: Path):
     policy_before = snapshot(trainer.model)
     trainer.train()
     assert torch.equal(teacher_probe(trainer), before), f"the teacher moved: {setup.describe()}"
-    assert any(not torch.equal(p, policy_before[n]) for n, p in trainer.model.named_parameters()), "nothing trained"
+    # Under mask_truncated_completions a tiny random model's samples are all truncated, so every token is masked and
+    # nothing trains (TRL's behaviour); the teacher and the base must still not move.
+    if not setup.mask_truncated_completions:
+        assert any(not torch.equal(p, policy_before[n]) for n, p in trainer.model.named_parameters()), (
+            "nothing trained"
+        )
     if base_before is not None:
         for name, weight in base_weights(trainer).items():
             assert torch.equal(weight, base_before[name]), f"LoRA base weight {name} moved: {setup.describe()}"
