@@ -101,9 +101,9 @@ def chunked_token_divergence(
     if allow_full_logits and not _use_triton(student_hidden.device) and len(student_hidden) * vocab <= one_tile:
         with maybe_gather_lm_head_ctx(s_weight, s_bias), maybe_gather_lm_head_ctx(t_weight, t_bias):
             # float32 projections, as in the kernel: CFG-guided logits are too sharp to round to bfloat16
-            student_logits = _project(student_hidden, s_weight, s_bias) * student_logit_scale
+            student_logits = _scaled(_project(student_hidden, s_weight, s_bias), student_logit_scale)
             with torch.no_grad():
-                teacher_logits = _project(teacher_hidden, t_weight, t_bias) * teacher_logit_scale
+                teacher_logits = _scaled(_project(teacher_hidden, t_weight, t_bias), teacher_logit_scale)
         return token_divergence(student_logits, teacher_logits, kind=kind, jsd_beta=jsd_beta)
     divergence, _entropy = ChunkedDivergenceFunction.apply(
         student_hidden,
@@ -127,6 +127,12 @@ def chunked_token_divergence(
 def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     with torch.autocast(hidden.device.type, enabled=False):
         return torch.nn.functional.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+
+
+def _scaled(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    # Multiplying by 1 changes no float (nor its gradient): skip the `[N, V]` copy, forward and backward, that most
+    # models' unit scale would cost.
+    return logits if scale == 1.0 else logits * scale
 
 
 def head_rows(weight: torch.Tensor) -> int:
