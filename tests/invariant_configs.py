@@ -1,7 +1,7 @@
 """The configuration space the invariant tests draw from, and how to build a trainer for one drawn configuration.
 
 A `Setup` is one point of the space the trainers accept: model family, how the model is given, LoRA or full, the
-algorithm and its options, the batch schedule. `setups()` is a hypothesis strategy over the valid points; `build`
+algorithm and its options, the batch schedule, the teacher's guidance, TRL's tools (`tiny_tools.py`). `setups()` is a hypothesis strategy over the valid points; `build`
 turns one into a trainer on tiny models built from configs (no download, a second or two a run).
 """
 
@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from tiny import FAMILIES, build_tokenizer
+from tiny_tools import MAX_POSITIONS, TOOLS, build_tool_tokenizer, calls_a_tool
 from tiny_training import TINY_RUN
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
@@ -53,6 +54,7 @@ class Setup:
     num_generations: int = 4
     mask_truncated_completions: bool = False  # TRL zeroes a truncated completion's mask whole
     guidance: str | None = None  # the teacher's guidance specification (None: plain CFG)
+    tools: bool = False  # TRL's tools (GRPO only): half the samples call one, its result masked out (tiny_tools.py)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -63,8 +65,9 @@ def setups(draw, families=tuple(["llama", *FAMILIES])) -> Setup:
     given = draw(st.sampled_from(GIVEN))
     algorithm = draw(st.sampled_from(["grpo", "rloo"]))
     accumulation = draw(st.sampled_from([1, 2]))
+    family = draw(st.sampled_from(families))
     return Setup(
-        family=draw(st.sampled_from(families)),
+        family=family,
         given=given,
         lora=given != "peft_model" and draw(st.booleans()),
         algorithm=algorithm,
@@ -79,14 +82,17 @@ def setups(draw, families=tuple(["llama", *FAMILIES])) -> Setup:
         num_generations=draw(st.sampled_from([2, 4])),
         mask_truncated_completions=draw(st.booleans()),
         guidance=draw(st.sampled_from(GUIDANCE_FORMS)),
+        # TRL's RLOO has no tools; the tools preamble is longer than GPT-2's learned positions here.
+        tools=algorithm == "grpo" and family != "gpt2" and draw(st.sampled_from([False, False, True])),
     )
 
 
-def checkpoint(folder: Path, family: str) -> str:
-    """A tiny model of `family`, saved once per folder."""
-    folder = folder / family
+def checkpoint(folder: Path, family: str, tools: bool = False) -> str:
+    """A tiny model of `family`, saved once per folder (with `tools`: over the tool-calling tokenizer, with room for
+    the tools preamble)."""
+    folder = folder / (f"{family}-tools" if tools else family)
     if not (folder / "config.json").exists():
-        tokenizer = build_tokenizer()
+        tokenizer = build_tool_tokenizer() if tools else build_tokenizer()
         if family == "llama":
             from tiny import build_model
 
@@ -94,6 +100,8 @@ def checkpoint(folder: Path, family: str) -> str:
         else:
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(FAMILIES[family](len(tokenizer)))
+        if tools:
+            model.config.max_position_embeddings = MAX_POSITIONS  # rotary positions: only the limit changes
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return str(folder)
@@ -142,6 +150,8 @@ def training_settings(setup: Setup, output_dir: str, **overrides) -> dict:
         "disable_dropout": True,
         "mask_truncated_completions": setup.mask_truncated_completions,
     }
+    if setup.tools:
+        settings["max_completion_length"] = 48  # the call, the tool's result and a continuation
     if setup.algorithm == "grpo":
         settings["loss_type"] = setup.loss_type
         if setup.loss_type == "luspo":
@@ -151,7 +161,7 @@ def training_settings(setup: Setup, output_dir: str, **overrides) -> dict:
 
 def build(setup: Setup, folder: Path, method: bool = True, trl: bool = False, reward_funcs=None, **overrides):
     """A trainer for `setup`: ours with the method on, ours with it off, or TRL's own (`trl=True`)."""
-    path = checkpoint(folder.parent / "checkpoints", setup.family)
+    path = checkpoint(folder.parent / "checkpoints", setup.family, setup.tools)
     settings = training_settings(setup, str(folder), **overrides)
     if trl:
         pass  # TRL's config has no method fields
@@ -169,14 +179,19 @@ def build(setup: Setup, folder: Path, method: bool = True, trl: bool = False, re
             (RLOOTrainer, RLOOConfig) if trl else (DiversityCFGRLOOTrainer, DiversityCFGRLOOConfig)
         )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[setup.family]) if setup.lora else None
-    return trainer_class(
+    tokenizer = build_tool_tokenizer() if setup.tools else build_tokenizer()
+    trainer = trainer_class(
         model=model_argument(setup, path),
         reward_funcs=reward_funcs,
         args=config_class(**settings),
         train_dataset=prompts(setup.equal_prompt_lengths),
-        processing_class=build_tokenizer(),
+        processing_class=tokenizer,
         peft_config=lora,
+        **({"tools": TOOLS} if setup.tools else {}),
     )
+    if setup.tools:
+        trainer._generate_single_turn = calls_a_tool(trainer._generate_single_turn, tokenizer)
+    return trainer
 
 
 def logged(trainer, key) -> list:

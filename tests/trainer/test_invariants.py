@@ -1,7 +1,8 @@
 """What must hold in every configuration the trainers accept, checked on drawn configurations.
 
 Each invariant is a `check_*` function of one drawn `Setup` (`invariant_configs.py`: model family, how the model is
-given, LoRA, algorithm, beta, prompt lengths, teacher, loss type, batch schedule). Each runs twice:
+given, LoRA, algorithm, beta, prompt lengths, teacher, loss type, batch schedule, truncated completions masked, the
+guidance form, TRL's tools). Each runs twice:
 
 - in the default suite, on a few fixed draws (`FEW`);
 - under `pytest -m invariants` (which `.ci/run` runs too; marked slow, so not on the fast path), on a wider
@@ -92,6 +93,7 @@ def check_identity(setup: Setup, folder: Path):
 @example(setup=Setup(guidance=GUIDANCE_FORMS[2], family="gpt2"))
 @example(setup=Setup(guidance=GUIDANCE_FORMS[3], lora=True))
 @example(setup=Setup(guidance=GUIDANCE_FORMS[4], algorithm="rloo"))
+@example(setup=Setup(tools=True, lora=True))  # TRL's tools: a tool's result is in the completion, masked out
 def test_identity_at_guidance_scale_one(setup):
     check_identity(setup)
 
@@ -120,6 +122,7 @@ def check_method_off_is_trl(setup: Setup, folder: Path):
 
 @FEW
 @given(setup=setups())
+@example(setup=Setup(tools=True, family="qwen2"))
 def test_method_off_is_trl(setup):
     check_method_off_is_trl(setup)
 
@@ -182,6 +185,7 @@ def check_teacher_and_base_never_move(setup: Setup, folder: Path):
 
 @FEW
 @given(setup=setups())
+@example(setup=Setup(tools=True, given="peft_model"))
 def test_teacher_and_base_never_move(setup):
     check_teacher_and_base_never_move(setup)
 
@@ -270,6 +274,8 @@ def _check_logged_is_trained(drawn, folder: Path):
     # Quality x diversity scores every sample on the tokens it drew, a truncated one too:
     # a tiny random model gives no real sample the likelihood 1 that an empty one gets.
     assert bool(weighted) == bool(likelihoods), describe
+    if setup.tools:  # the tool loop ran: some samples called the tool and got its result
+        assert max(logged(trainer, "tools/call_frequency")) > 0, describe
     assert all(0 < q < 1 for q in likelihoods), f"teacher likelihoods {likelihoods}: {describe}"
     # 4: the completions table's advantages and diversity rewards, and the logged coefficient, are the trained ones.
     table_advantages = list(trainer._logs["advantages"])
@@ -284,6 +290,8 @@ def _check_logged_is_trained(drawn, folder: Path):
 @given(drawn=logging_setups())
 # Always among the few: quality x diversity with truncated completions masked whole.
 @example(drawn=(Setup(mask_truncated_completions=True), None, False, True))
+# And with TRL's tools: quality x diversity scores a sample on the tokens it sampled, not on a tool's result.
+@example(drawn=(Setup(tools=True, mask_truncated_completions=True), None, True, True))
 def test_what_is_logged_is_what_is_trained(drawn):
     _check_logged_is_trained(drawn)
 

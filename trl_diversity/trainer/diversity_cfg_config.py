@@ -45,7 +45,7 @@ class DiversityCFGFields:
         metadata={
             "help": "The teacher's guidance beyond plain CFG, as logit arithmetic over contexts: terms "
             "'WEIGHT*NEGATIVE' joined by '+', NEGATIVE being null (the unconditional prompt), a quoted text "
-            "(\"{prompt}\" stands for the prompt) or layer:N (the model read out after N layers), then optionally "
+            '("{prompt}" stands for the prompt) or layer:N (the model read out after N layers), then optionally '
             "'from M' (the first M generated tokens unguided). '2*null' is plain CFG at gamma 3. None: plain CFG "
             "at guidance_scale. Set this or guidance_scale, not both."
         },

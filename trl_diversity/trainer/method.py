@@ -223,6 +223,14 @@ class DiversityCFGMixin:
     # ----------------------------------------------------------------------------------------------------------------
     # Diversity term
 
+    def _generate(self, prompts):
+        generated = super()._generate(prompts)
+        # GRPO returns (prompt_ids, completion_ids, tool_mask, ...), RLOO (no tools) three items. The tool mask is kept
+        # as generated: under `mask_truncated_completions` TRL zeroes a truncated row's `tool_mask` whole along with
+        # its `completion_mask`, which would hide which of its tokens the model sampled.
+        self._generated_tool_mask = generated[2] if len(generated) > 3 else None
+        return generated
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # GRPO and RLOO call this on every process together, with exactly what reward functions receive: the place to
         # score the diversity term (its scoring gathers across processes). It is kept out of their reward columns.
@@ -332,7 +340,7 @@ class DiversityCFGMixin:
             output["completion_ids"],
             output["completion_mask"],
             self._tokenizer.pad_token_id,
-            output.get("tool_mask"),
+            self._tool_mask_as_generated(output),
         )
         local = teacher_likelihood(
             output["teacher_hidden_states"],
@@ -342,6 +350,19 @@ class DiversityCFGMixin:
             self.cfg_teacher.logit_scale(),
         )
         return self.accelerator.gather(local.to(self.accelerator.device)).cpu()
+
+    def _tool_mask_as_generated(self, output: dict) -> torch.Tensor | None:
+        """`[B, C]`: 0 on the tool results of this generation batch's completions, 1 elsewhere (None without tools),
+        before `mask_truncated_completions` zeroed any row."""
+        if output.get("tool_mask") is None:
+            return None
+        generated = getattr(self, "_generated_tool_mask", None)
+        if generated is None or len(generated) != len(output["completion_ids"]):
+            return output["tool_mask"]
+        mask = torch.ones_like(output["tool_mask"])
+        for row, values in enumerate(generated):
+            mask[row, : len(values)] = torch.as_tensor(values[: mask.shape[1]], dtype=mask.dtype)
+        return mask
 
     def _compute_loss(self, model, inputs):
         if self.args.distill_coef == 0:
