@@ -1082,13 +1082,17 @@ def dial(args) -> dict:
         args,
         f"dial: merged point {middle}, compiled",
     )
-    bf16 = {**base, "dtype": "auto", "num_prompts": DIAL_BF16_PROMPTS, "greedy": True, "eager": True}
-    lora_bf16 = measure(
-        {**bf16, "engine": "dial_lora", "points": {middle: adapters[middle]}}, args, f"dial: LoRA {middle}, bf16"
-    )
-    merged_bf16 = measure(
-        {**bf16, "engine": "dial_merged", "points": {middle: merged[middle]}}, args, f"dial: merged {middle}, bf16"
-    )
+    lora_bf16 = merged_bf16 = None
+    if args.dial_bf16:  # two more engine starts, slow on a CPU without native bf16
+        bf16 = {**base, "dtype": "auto", "num_prompts": DIAL_BF16_PROMPTS, "greedy": True, "eager": True}
+        lora_bf16 = measure(
+            {**bf16, "engine": "dial_lora", "points": {middle: adapters[middle]}}, args, f"dial: LoRA {middle}, bf16"
+        )
+        merged_bf16 = measure(
+            {**bf16, "engine": "dial_merged", "points": {middle: merged[middle]}},
+            args,
+            f"dial: merged {middle}, bf16",
+        )
     reference = measure(
         {**base, "engine": "dial_transformers", "points": merged}, args, "dial: merged points, transformers float32"
     )
@@ -1103,6 +1107,28 @@ def dial(args) -> dict:
         "merged_bf16": merged_bf16,
         "reference": reference,
     }
+
+
+def bf16_lines(bf16: dict, bf16_margins: list, middle: str, cell) -> list[str]:
+    """The greedy comparison in bf16 (`--dial_bf16`): vLLM's default dtype on a CPU."""
+    return [
+        f"In bf16 (vLLM's `auto` on a CPU), w = {middle}, the first {DIAL_BF16_PROMPTS} prompts:\n",
+        "| " + " | ".join(bf16) + " |",
+        "|" + "---|" * len(bf16),
+        "| " + " | ".join(cell(g) for g in bf16.values()) + " |",
+        "",
+        "bf16 keeps 8 bits of mantissa (a logit near 20 rounds by ~0.06); the LoRA path adds `x A B` in bf16 beside "
+        "the bf16 base weight while the merged path rounds `W + B A` to bf16 once, so the two bf16 paths differ in "
+        "the last bit and a near tie goes either way; from there the completions part. Margins at the first "
+        "difference from float32: "
+        + (
+            f"median {statistics.median(bf16_margins):.3f}, largest {max(bf16_margins):.3f}"
+            if bf16_margins
+            else "none differed"
+        )
+        + ". So in bf16 the served point and the merged model are equal as distributions, not token for token; "
+        "the sampled comparison below is the test that applies.\n",
+    ]
 
 
 def dial_report(result: dict) -> None:
@@ -1139,17 +1165,21 @@ def dial_report(result: dict) -> None:
             ),
         }
     head = {k: v for k, v in reference[middle].items() if k < DIAL_BF16_PROMPTS}
-    bf16 = {
-        "LoRA vs merged, both vLLM bf16": compare_greedy(
-            tokens_of(result["lora_bf16"], middle), plain(tokens_of(result["merged_bf16"], middle))
-        ),
-        "LoRA (vLLM bf16) vs merged (transformers float32)": compare_greedy(
-            tokens_of(result["lora_bf16"], middle), head
-        ),
-        "merged (vLLM bf16) vs merged (transformers float32)": compare_greedy(
-            tokens_of(result["merged_bf16"], middle), head
-        ),
-    }
+    bf16 = (
+        {}
+        if result.get("lora_bf16") is None
+        else {
+            "LoRA vs merged, both vLLM bf16": compare_greedy(
+                tokens_of(result["lora_bf16"], middle), plain(tokens_of(result["merged_bf16"], middle))
+            ),
+            "LoRA (vLLM bf16) vs merged (transformers float32)": compare_greedy(
+                tokens_of(result["lora_bf16"], middle), head
+            ),
+            "merged (vLLM bf16) vs merged (transformers float32)": compare_greedy(
+                tokens_of(result["merged_bf16"], middle), head
+            ),
+        }
+    )
     between = compare_greedy(tokens_of(lora, points[0]), plain(tokens_of(lora, points[-1])))
 
     records = []
@@ -1222,22 +1252,10 @@ def dial_report(result: dict) -> None:
         + (f"median {statistics.median(margins):.4f}, largest {max(margins):.4f}" if margins else "never needed")
         + " (float32 rounds the LoRA path `x W + (x A) B` and the merged `x (W + B A)` differently in the last bits; "
         "only a near tie can flip).\n",
-        f"In bf16 (vLLM's `auto` on a CPU), w = {middle}, the first {DIAL_BF16_PROMPTS} prompts:\n",
-        "| " + " | ".join(bf16) + " |",
-        "|" + "---|" * len(bf16),
-        "| " + " | ".join(cell(g) for g in bf16.values()) + " |",
-        "",
-        "bf16 keeps 8 bits of mantissa (a logit near 20 rounds by ~0.06); the LoRA path adds `x A B` in bf16 beside "
-        "the bf16 base weight while the merged path rounds `W + B A` to bf16 once, so the two bf16 paths differ in "
-        "the last bit and a near tie goes either way; from there the completions part. Margins at the first "
-        "difference from float32: "
-        + (
-            f"median {statistics.median(bf16_margins):.3f}, largest {max(bf16_margins):.3f}"
-            if bf16_margins
-            else "none differed"
-        )
-        + ". So in bf16 the served point and the merged model are equal as distributions, not token for token; "
-        "the sampled comparison below is the test that applies.\n",
+    ]
+    if bf16:
+        lines += bf16_lines(bf16, bf16_margins, middle, cell)
+    lines += [
         "## Adherence and diversity, served point against merged point\n",
         f"{lora['spec']['samples_k']} samples per prompt, temperature 1, natural stops, float32; mean [95% bootstrap "
         "CI over the 20 prompts]"
@@ -1272,7 +1290,8 @@ def dial_report(result: dict) -> None:
     result["metrics"] = {label: entry["metrics"] for label, entry in summary.items()}
     result["lora_over_merged_speed"] = lora_rate / merged_rate
     for key in ("lora", "lora_bf16", "merged_bf16", "merged_compiled"):
-        result[key].pop("samples", None)
+        if result.get(key) is not None:
+            result[key].pop("samples", None)
     for run in result["merged"].values():
         run.pop("samples", None)
     write_report("serving_dial", "\n".join(lines) + "\n", result)
@@ -1288,6 +1307,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redo", nargs="*", default=[], help="measure again the cached specs containing these")
     parser.add_argument("--wait_for", nargs="*", default=["experiments.teacher_front"])
     parser.add_argument("--timeout", type=int, default=900, help="seconds one measurement may take")
+    parser.add_argument(
+        "--dial_bf16",
+        action="store_true",
+        help="--part dial: also compare LoRA and merged greedy tokens in bf16 (two more engine starts, slow on a CPU "
+        "without native bf16)",
+    )
     parser.add_argument(
         "--finetunes",
         nargs=2,
