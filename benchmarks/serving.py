@@ -802,6 +802,10 @@ def settled_report(settled: dict, summary: dict) -> None:
             ),
             "",
             matched_adherence(paired),
+            "",
+            "These samples come from the dial's LoRA engine, whose greedy tokens equal the merged models' token for "
+            "token; the speed above is a merged model's (a LoRA engine is much slower on vLLM-CPU: "
+            "[serving_dial.md](serving_dial.md)).",
         ]
     else:
         lines.append(
@@ -938,7 +942,7 @@ def worker_dial_lora(spec: dict) -> dict:
             # A spare slot: vLLM-CPU 0.31's torch LoRA ops read "no adapter" (index -1) as the last slot, so a
             # request without one would get the last slot's adapter (vllm-project/vllm PRs #48421, #49656).
             max_loras=len(spec["points"]) + 1,
-            max_cpu_loras=len(spec["points"]),
+            max_cpu_loras=len(spec["points"]) + 1,  # vLLM requires max_cpu_loras >= max_loras
         )
     except Exception as error:  # recorded: the report then says exactly why vLLM-CPU cannot serve LoRA
         import traceback
@@ -1198,7 +1202,9 @@ def dial_report(result: dict) -> None:
             f"quality model, w = 0) and `{Path(result['finetunes'][1]).name}` (the diversity model, w = 1), "
             f"LoRA r = {rank // 2} each"
         )
-        command = f"{COMMAND} --part dial --finetunes " + " ".join(result["finetunes"])
+        command = f"{COMMAND} --part dial --finetunes " + " ".join(
+            os.path.relpath(folder, ROOT) for folder in result["finetunes"]
+        )
     else:
         ends = (
             f"two random LoRA finetunes of SmolLM2-135M-Instruct (r = {DIAL_RANK} each on q, v, o, up, down; "
