@@ -885,6 +885,13 @@ def goals_table(budget_name: str, results: Path, summary: dict) -> list[dict]:
             not_judged.append(run.name)
             continue
         open_claims[run.name] = diversity_claim(model, reference)[2]
+    goals.append(open_questions_goal(open_claims, models, not_judged))
+    return goals
+
+
+def open_questions_goal(open_claims: dict[str, dict], models: dict[str, dict], not_judged: list[str]) -> dict:
+    """Goal (e): of the models with a real gain on the eval prompts (`models`: their claim-(b) numbers there), how many
+    keep one on the open questions (`open_claims`: the same numbers there), after Holm."""
     surviving = rules.holm({name: {"p_value": n["diversity_p_value"]} for name, n in open_claims.items()})
     real = [name for name in open_claims if models[name]["diversity_gain_ci"][0] > 0]
     kept = [name for name in real if name in surviving and open_claims[name]["diversity_gain"] > 0]
@@ -907,8 +914,7 @@ def goals_table(budget_name: str, results: Path, summary: dict) -> list[dict]:
             f". Not judged on the open questions (their checkpoints are not kept: judging them retrains them): "
             f"{', '.join(not_judged)}"
         )
-    goals.append({"goal": GOALS["e"], "verdict": verdict, "numbers": numbers})
-    return goals
+    return {"goal": GOALS["e"], "verdict": verdict, "numbers": numbers}
 
 
 GOALS_BEGIN = (
