@@ -892,14 +892,16 @@ def goals_table(budget_name: str, results: Path, summary: dict) -> list[dict]:
 def open_questions_goal(open_claims: dict[str, dict], models: dict[str, dict], not_judged: list[str]) -> dict:
     """Goal (e): of the models with a real gain on the eval prompts (`models`: their claim-(b) numbers there), how many
     keep one on the open questions (`open_claims`: the same numbers there), after Holm."""
-    surviving = rules.holm({name: {"p_value": n["diversity_p_value"]} for name, n in open_claims.items()})
+    # Only the models with a gain to keep decide (e), so only they form Holm's family: a model judged there without
+    # one would make the correction harsher for a question it does not ask.
     real = [name for name in open_claims if models[name]["diversity_gain_ci"][0] > 0]
+    surviving = rules.holm({name: {"p_value": open_claims[name]["diversity_p_value"]} for name in real})
     kept = [name for name in real if name in surviving and open_claims[name]["diversity_gain"] > 0]
     verdict = "holds" if real and len(kept) == len(real) else "partly" if kept else "does not hold"
 
     def pair(name: str) -> str:
         n, e = open_claims[name], models[name]
-        mark = "" if name in surviving else ", not after Holm"
+        mark = "" if name in surviving else ", not after Holm" if name in real else ", not deciding"
         return (
             f"{name} {n['diversity_gain']:+.1%} [{n['diversity_gain_ci'][0]:+.1%}, {n['diversity_gain_ci'][1]:+.1%}]"
             f"{mark} (eval prompts {e['diversity_gain']:+.1%}), adherence {n['adherence_change']:+.1%}"
@@ -907,7 +909,7 @@ def open_questions_goal(open_claims: dict[str, dict], models: dict[str, dict], n
 
     numbers = (
         f"{len(kept)} of the {len(real)} models with a real gain on the eval prompts keep one on the open questions "
-        f"after Holm over {len(open_claims)}: " + "; ".join(pair(name) for name in open_claims)
+        f"after Holm over {len(real)}: " + "; ".join(pair(name) for name in open_claims)
     )
     if not_judged:
         numbers += (

@@ -151,3 +151,26 @@ def test_a_runs_claims_follow_the_rules_on_synthetic_points():
         "| fronts (A vs B) | diversity judge | mean gap A - B at matched adherence [BCa 95% CI]"
     )
     assert "surviving: lerp vs cfg on pairwise_diversity, lerp vs temperature on pairwise_diversity" in table[-1]
+
+
+def test_goal_e_corrects_over_the_models_that_decide_it_only():
+    """(e) asks whether a gain on the eval prompts holds on the open questions, so only the models with a real gain
+    there decide it and count in Holm's family; a model judged on the open questions without one must not make the
+    correction harsher. Here Holm over the two deciding models keeps both (0.02 <= 0.05 / 2, then 0.03 <= 0.05); over all
+    three it would keep none (0.02 > 0.05 / 3)."""
+
+    def numbers(gain: float, low: float, p: float = 0.5) -> dict:
+        return {
+            "diversity_gain": gain,
+            "diversity_gain_ci": [low, gain + 0.05],
+            "diversity_p_value": p,
+            "adherence_change": -0.01,
+        }
+
+    eval_prompts = {"a": numbers(0.15, 0.05), "b": numbers(0.10, 0.03), "no gain": numbers(0.02, -0.01)}
+    open_questions = {"a": numbers(0.08, 0.03, 0.03), "b": numbers(0.05, 0.01, 0.02), "no gain": numbers(0.0, -0.03)}
+    goal = compare_finetunes.open_questions_goal(open_questions, eval_prompts, [])
+    assert goal["numbers"].startswith("2 of the 2 models with a real gain on the eval prompts keep one")
+    assert "after Holm over 2" in goal["numbers"] and goal["verdict"] == "holds"
+    assert "b +5.0% [+1.0%, +10.0%] (eval prompts" in goal["numbers"]  # kept: no "not after Holm"
+    assert "no gain +0.0% [-3.0%, +5.0%], not deciding (eval prompts +2.0%)" in goal["numbers"]
